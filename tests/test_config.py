@@ -1,0 +1,77 @@
+import pytest
+
+from vlcofit.config import (DatasetCard, ExperimentConfig, apply_overrides, from_dict, load_experiment,
+                            save_experiment)
+from vlcofit.errors import InputError
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_unknown_key_names_file_and_field(tmp_path):
+    cfg = _write(tmp_path / "exp.yaml", "train:\n  stepz: 3\n")
+    with pytest.raises(InputError, match=r"exp.yaml.train: unknown key 'stepz'"):
+        load_experiment(cfg)
+
+
+def test_wrong_type_names_field(tmp_path):
+    cfg = _write(tmp_path / "exp.yaml", "train:\n  steps: many\n")
+    with pytest.raises(InputError, match=r"exp.yaml.train.steps: expected int, got 'many'"):
+        load_experiment(cfg)
+    with pytest.raises(InputError, match=r"train.lr: expected float"):
+        from_dict(ExperimentConfig, {"train": {"lr": [1]}}, "x")
+
+
+def test_ints_become_floats_and_lists_tuples():
+    cfg = from_dict(ExperimentConfig, {"train": {"lr": 1, "datasets": ["a"]},
+                                       "datasets": {"a": {"prompts": "demo"}}}, "x")
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+    assert cfg.train.datasets == ("a",)
+    assert isinstance(cfg.datasets["a"], DatasetCard) and cfg.datasets["a"].name == "a"
+
+
+def test_set_overrides_and_card_overrides(tmp_path):
+    card = _write(tmp_path / "mycard.yaml", "format: csv\nroot: /videos\ntrain: t.csv\nprompts: demo\n")
+    exp = _write(tmp_path / "exp.yaml", f"datasets:\n  mine: {card}\ntrain:\n  datasets: [mine]\n")
+    cfg = load_experiment(exp, ["train.steps=7", "datasets.mine.root=/elsewhere", "model.train_text=true"])
+    assert cfg.train.steps == 7
+    assert cfg.datasets["mine"].root == "/elsewhere"
+    assert cfg.datasets["mine"].train == "t.csv"
+    assert cfg.model.train_text is True
+    with pytest.raises(InputError, match="expected key=value"):
+        apply_overrides({}, ["train.steps"])
+
+
+def test_resolved_config_round_trips(tmp_path):
+    exp = _write(tmp_path / "exp.yaml", "datasets:\n  demo: {card: demo, root: /data}\n"
+                                         "train: {datasets: [demo], steps: 5}\n")
+    cfg = load_experiment(exp)
+    save_experiment(cfg, tmp_path / "resolved.yaml")
+    assert load_experiment(tmp_path / "resolved.yaml") == cfg
+
+
+def test_dataset_name_must_exist(tmp_path):
+    exp = _write(tmp_path / "exp.yaml", "train: {datasets: [nope]}\n")
+    with pytest.raises(InputError, match="train.datasets names 'nope'"):
+        load_experiment(exp)
+
+
+def test_bad_card_values(tmp_path):
+    card = _write(tmp_path / "c.yaml", "task: detection\nprompts: demo\n")
+    exp = _write(tmp_path / "exp.yaml", f"datasets:\n  c: {card}\n")
+    with pytest.raises(InputError, match="c.yaml: task must be one of"):
+        load_experiment(exp)
+
+
+def test_shipped_experiments_load():
+    cfg = load_experiment("demo")
+    assert cfg.train.datasets == ("demo",)
+    assert cfg.datasets["demo"].task == "classification"
+
+
+def test_invalid_yaml(tmp_path):
+    exp = _write(tmp_path / "exp.yaml", "train: [unclosed\n")
+    with pytest.raises(InputError, match="exp.yaml: invalid YAML"):
+        load_experiment(exp)

@@ -1,0 +1,132 @@
+"""End to end on generated mp4s: train -> checkpoint -> eval -> zero-shot, resume, bad videos."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import vlcofit.train as train_mod
+from vlcofit.cli import main
+from vlcofit.config import load_experiment
+from vlcofit.config import ModelConfig
+from vlcofit.data.synthetic import make_demo_dataset
+from vlcofit.errors import InputError
+from vlcofit.runs import evaluate_checkpoint, zero_shot
+from vlcofit.train import train
+
+MODELS = {"open_clip": "tiny", "hf": "tiny_hf.json"}
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    # 8 classes x (4 train + 2 val) tiny clips
+    return make_demo_dataset(tmp_path_factory.mktemp("demo"), per_class_train=4, per_class_val=2)
+
+
+def small_config(data: Path, out: Path, backbone: str = "open_clip", *extra: str):
+    return load_experiment("demo", [
+        f"datasets.demo.root={data}", f"output_dir={out}", f"model.backbone={backbone}",
+        f"model.name={MODELS[backbone]}", "train.steps=4", "train.batch_size=4", "train.num_workers=0",
+        "train.log_every=1", "train.save_every=2", "train.warmup_steps=1", "train.eval_every=2",
+        "eval.batch_size=8", *extra])
+
+
+@pytest.mark.parametrize("backbone", ["open_clip", "hf"])
+def test_train_checkpoint_eval_zero_shot(demo_data, tmp_path, backbone):
+    cfg = small_config(demo_data, tmp_path / "run", backbone)
+    final = train(cfg)
+    run = tmp_path / "run"
+    info = json.loads((run / "run.json").read_text())
+    assert info["world_size"] == 1 and info["end_time"] and info["versions"]["torch"]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3, 4]
+    assert [r["step"] for r in rows if "demo/top1" in r] == [2, 4]
+    assert (run / "checkpoints" / "latest").read_text() == "step_000004"
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_000002", "step_000004"]
+    weights = load_file(run / "checkpoints" / "step_000004" / "model.safetensors")
+    assert "logit_scale" in weights and any(k.startswith("temporal.") for k in weights)
+    assert (run / "eval" / "demo_per_class.csv").read_text().count("\n") == 9
+    assert (run / "learning_curve.png").stat().st_size > 1000
+    assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert load_experiment(run / "config.yaml") == cfg
+    assert final["demo/count"] == 16 and 0 <= final["demo/top1"] <= 100
+
+    # evaluating the saved checkpoint reproduces the end-of-training evaluation
+    again = evaluate_checkpoint(load_experiment(run / "config.yaml"), str(run), tmp_path / "ev")
+    assert again == pytest.approx(final)
+
+    # zero-shot with the fine-tuned weights, from a card and from a bare manifest
+    model = ModelConfig(backbone=backbone, name=MODELS[backbone])
+    out = tmp_path / "zs.json"
+    card_file = tmp_path / "card.yaml"
+    card_file.write_text(f"format: csv\nroot: {demo_data}\nval: val.csv\nprompts: demo\n")
+    zs = zero_shot(model, str(card_file), "demo", "clip_kinetics", weights=str(run), out=out)
+    assert zs["card/count"] == 16
+    saved = json.loads(out.read_text())
+    assert saved["metrics"] == zs and len(saved["templates"]) == 28
+    manifest = zero_shot(model, str(demo_data / "val.csv"), "demo", weights=str(run))
+    assert manifest["val/count"] == 16
+
+
+def test_resume_equals_uninterrupted(demo_data, tmp_path, monkeypatch):
+    full = small_config(demo_data, tmp_path / "full", "open_clip", "train.eval_every=0")
+    train(full)
+
+    calls = {"n": 0}
+    real_step = train_mod._optimizer_step
+
+    def killed_after_two(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # the process dies during step 3; step 2 was checkpointed
+        return real_step(*args, **kwargs)
+
+    part = small_config(demo_data, tmp_path / "part", "open_clip", "train.eval_every=0")
+    monkeypatch.setattr(train_mod, "_optimizer_step", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(part)
+    monkeypatch.setattr(train_mod, "_optimizer_step", real_step)
+    with pytest.raises(InputError, match="pass --resume"):
+        train(part)
+    train(part, resume="latest")
+
+    def losses(run):
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
+
+    resumed, uninterrupted = losses(tmp_path / "part"), losses(tmp_path / "full")
+    assert [s for s, _ in resumed] == [s for s, _ in uninterrupted] == [1, 2, 3, 4]
+    assert [v for _, v in resumed] == pytest.approx([v for _, v in uninterrupted], rel=1e-6)
+    a = load_file(tmp_path / "full" / "checkpoints" / "step_000004" / "model.safetensors")
+    b = load_file(tmp_path / "part" / "checkpoints" / "step_000004" / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7)
+
+
+def test_bad_videos_are_skipped_counted_and_fatal_past_fraction(demo_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(demo_data, data)
+    rows = (data / "train.csv").read_text().splitlines()
+    victims = [rows[1].split(",")[0], rows[2].split(",")[0]]
+    (data / victims[0]).write_bytes(b"not a video at all")  # corrupt
+    (data / victims[1]).unlink()  # missing
+    cfg = small_config(data, tmp_path / "ok", "open_clip", "train.steps=8", "train.eval_every=0",
+                       "train.max_bad_fraction=0.1")
+    train(cfg)
+    listed = (tmp_path / "ok" / "bad_videos.txt").read_text().split()
+    assert sorted(Path(p).name for p in listed) == sorted(Path(v).name for v in victims)
+    strict = small_config(data, tmp_path / "strict", "open_clip", "train.steps=8", "train.eval_every=0",
+                          "train.max_bad_fraction=0.01")
+    with pytest.raises(InputError, match=r"[12] of 32 training videos are unreadable, more than train.max_bad_fraction=0.01"):
+        train(strict)
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "exp.yaml"
+    bad.write_text("train:\n  steps: lots\n")
+    assert main(["train", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"vlcofit: error: {bad}.train.steps: expected int, got 'lots'"
+    assert "Traceback" not in err

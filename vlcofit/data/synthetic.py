@@ -1,0 +1,155 @@
+"""The built-in demo dataset: synthetic motion clips written as real h264 mp4 files.
+
+Each video shows one shape (circle, square or triangle, with a contrasting dot that makes its
+orientation visible) on a random textured background, doing its class's motion. The classes
+(``prompts/demo.txt``) differ only in how the shape changes over time, so no single frame tells
+"moving left" from "moving right": a model must compare frames. A tiny ViT learns them in minutes
+on a CPU. Training clips must not be flipped horizontally (left/right, clockwise classes).
+
+Layout under ``root``: ``train/NNNNNN.mp4``, ``val/NNNNNN.mp4``, ``train.csv`` and ``val.csv``
+(``path,label`` with class names) and ``meta.json`` (the parameters; same parameters -> skipped).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+DEMO_CLASSES = (
+    "moving left", "moving right", "moving up", "moving down",
+    "rotating clockwise", "rotating counterclockwise", "growing", "shrinking",
+)
+SHAPES = ("circle", "square", "triangle")
+_VERSION = 2  # bump when the rendering changes, so old folders are regenerated
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: int = 8, gop: int | None = None,
+                crf: int = 20) -> None:
+    """Write uint8 RGB frames ``[T, H, W, 3]`` (H, W even) as an h264/yuv420p mp4.
+
+    ``gop``: keyframe interval (x264's default, 250, when None).
+    """
+    import av
+
+    options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}  # tiny clips: 1 is fastest
+    if gop is not None:
+        options.update({"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"})
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps, options=options)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        for index, array in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
+            # explicit pts and our own conversion: without them the output bytes varied
+            # between identical runs now and then
+            frame = frame.reformat(format="yuv420p")
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+def _motion(label: str, rng: np.random.Generator, size: int, t: np.ndarray) -> tuple:
+    """Per-frame centre x, y, radius and angle (radians) for class ``label``; ``t`` in [0, 1]."""
+    ones = np.ones_like(t)
+    angle = rng.uniform(0, 2 * np.pi) * ones
+    if label in ("growing", "shrinking"):
+        small, large = rng.uniform(0.07, 0.1) * size, rng.uniform(0.24, 0.3) * size
+        radius = small + (large - small) * (t if label == "growing" else 1 - t)
+        cx, cy = rng.uniform(0.35, 0.65, size=2) * size
+        return cx * ones, cy * ones, radius, angle
+    radius = rng.uniform(0.14, 0.18) * size * ones
+    margin = radius[0] + 1
+    if label.startswith("rotating"):
+        speed = np.deg2rad(rng.uniform(8, 14)) * (len(t) - 1)  # total turn over the clip
+        sign = 1 if label == "rotating clockwise" else -1  # y points down: +angle is clockwise
+        cx, cy = rng.uniform(margin, size - margin, size=2)
+        return cx * ones, cy * ones, radius, angle + sign * speed * t
+    distance = rng.uniform(0.4, 0.5) * size
+    along = rng.uniform(margin, size - margin - distance) + distance * t  # increasing
+    across = rng.uniform(margin, size - margin) * ones
+    if label in ("moving left", "moving up"):
+        along = size - along
+    if label in ("moving left", "moving right"):
+        return along, across, radius, angle
+    return across, along, radius, angle
+
+
+def _coverage(shape: str, u: np.ndarray, v: np.ndarray, r: float) -> np.ndarray:
+    """Anti-aliased coverage in [0, 1] of ``shape`` (circumradius r) at shape-frame coords."""
+    if shape == "circle":
+        distance = np.sqrt(u * u + v * v) - r
+    elif shape == "square":
+        distance = np.maximum(np.abs(u), np.abs(v)) - 0.75 * r
+    else:  # equilateral triangle: inradius r/2, outward edge normals at 60, 180, 300 degrees
+        normals = np.deg2rad([60.0, 180.0, 300.0])
+        distance = np.max([u * np.cos(a) + v * np.sin(a) for a in normals], axis=0) - r / 2
+    return np.clip(0.5 - distance, 0.0, 1.0)
+
+
+def _colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A dark background and a bright shape: a tiny model trained from scratch must find the
+    shape at once, so that what it learns is the motion."""
+    return rng.uniform(0, 70, size=3), rng.uniform(150, 255, size=3)
+
+
+def render_clip(label: str, rng: np.random.Generator, size: int = 64,
+                num_frames: int = 16) -> np.ndarray:
+    """One clip of class ``label`` (a DEMO_CLASSES name) -> uint8 ``[T, size, size, 3]``."""
+    shape = SHAPES[rng.integers(len(SHAPES))]
+    background, colour = _colours(rng)
+    texture = background + rng.normal(0, 6, size=(size, size, 3))  # static per video
+    cx, cy, radius, angle = _motion(label, rng, size, np.linspace(0, 1, num_frames))
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    frames = np.empty((num_frames, size, size, 3), dtype=np.uint8)
+    for k in range(num_frames):
+        dx, dy = xs - cx[k], ys - cy[k]
+        cos, sin = np.cos(angle[k]), np.sin(angle[k])
+        u, v = dx * cos + dy * sin, -dx * sin + dy * cos
+        alpha = _coverage(shape, u, v, radius[k])[..., None]
+        dot = _coverage("circle", u - 0.5 * radius[k], v, 0.22 * radius[k])[..., None]
+        image = texture * (1 - alpha) + colour * alpha
+        image = image * (1 - dot) + (255 - colour) * dot
+        image += rng.normal(0, 3, size=image.shape)
+        frames[k] = np.clip(image, 0, 255).astype(np.uint8)
+    return frames
+
+
+def make_demo_dataset(root: str | Path, *, per_class_train: int = 40, per_class_val: int = 10,
+                      size: int = 64, num_frames: int = 16, fps: int = 8, seed: int = 0) -> Path:
+    """Write the demo dataset under ``root`` (see the module docstring); returns ``root``.
+
+    Deterministic for the parameters; skipped when ``root/meta.json`` records the same ones.
+    """
+    if size % 2 or size < 16:
+        raise ValueError(f"size must be even and >= 16 (yuv420p), got {size}")
+    root = Path(root)
+    meta = {"version": _VERSION, "classes": list(DEMO_CLASSES), "per_class_train": per_class_train,
+            "per_class_val": per_class_val, "size": size, "num_frames": num_frames, "fps": fps,
+            "seed": seed}
+    meta_path = root / "meta.json"
+    if meta_path.is_file() and json.loads(meta_path.read_text()) == meta \
+            and all((root / f"{s}.csv").is_file() for s in ("train", "val")):
+        logger.info("demo dataset already in %s", root)
+        return root
+    meta_path.unlink(missing_ok=True)  # written last: a partial folder is never taken as complete
+    for split_index, (split, per_class) in enumerate((("train", per_class_train),
+                                                      ("val", per_class_val))):
+        folder = root / split
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("[0-9]*.mp4"):  # only files named as we name them
+            stale.unlink()
+        rows = ["path,label"]
+        for i in range(per_class * len(DEMO_CLASSES)):
+            label = DEMO_CLASSES[i % len(DEMO_CLASSES)]
+            rng = np.random.default_rng([seed, split_index, i])
+            name = f"{split}/{i:06d}.mp4"
+            write_video(root / name, render_clip(label, rng, size, num_frames), fps=fps)
+            rows.append(f"{name},{label}")
+        (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    meta_path.write_text(json.dumps(meta, indent=1) + "\n")
+    logger.info("wrote the demo dataset to %s", root)
+    return root

@@ -1,0 +1,320 @@
+"""Video decoding: open a file, read frames by index, as uint8 tensors ``[T, 3, H, W]``.
+
+Backends: ``pyav`` (default, always installed), ``torchcodec`` and ``decord`` (faster where
+installed; imported only when selected). All raise :class:`VideoError` for a missing, empty,
+corrupt or undecodable file; callers decide whether to skip it (training) or fail.
+
+The PyAV reader decodes sequentially from the keyframe before the first requested frame and stops
+after the last one: long-GOP h264 makes a seek per frame cost up to a GOP of decoding each, so
+frames that are close are cheaper to reach by decoding through. It seeks forward only when the
+next requested frame is more than twice the longest keyframe interval seen so far away: the seek
+then lands on a keyframe past the current position and saves at least one GOP of decoding.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("pyav", "torchcodec", "decord")
+# Until two keyframes are seen, assume x264's default keyframe interval (the longest common one)
+# so that close frames are decoded through rather than sought.
+_DEFAULT_GOP = 250
+
+
+class VideoError(Exception):
+    """A video that cannot be read: missing, zero-length, corrupt or without decodable frames."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+class VideoReader:
+    """An open video. ``num_frames`` and ``fps`` come from the container's metadata.
+
+    ``num_frames`` may overstate the frames that can actually be decoded (broken metadata);
+    ``read`` then returns the last decodable frame for indices past the end.
+    """
+
+    path: str
+    num_frames: int
+    fps: float
+
+    def read(self, indices: Sequence[int]) -> torch.Tensor:
+        """Frames at ``indices`` (any order, repeats allowed) -> uint8 ``[N, 3, H, W]``."""
+        raise NotImplementedError
+
+    def time_to_index(self, seconds: float) -> int:
+        """The frame shown at ``seconds`` from the start of the video (not clamped)."""
+        return int(math.floor(seconds * self.fps + 1e-6))
+
+    def close(self) -> None:
+        """Release the file."""
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        raise VideoError(path, "no such file")
+    if path.stat().st_size == 0:
+        raise VideoError(path, "empty file (0 bytes)")
+
+
+def _check_indices(path: str, indices: Sequence[int]) -> list[int]:
+    indices = [int(i) for i in indices]
+    if not indices:
+        raise ValueError(f"{path}: no frame indices requested")
+    if min(indices) < 0:
+        raise ValueError(f"{path}: negative frame index {min(indices)}")
+    return indices
+
+
+class PyAVReader(VideoReader):
+    """PyAV (FFmpeg) reader; see the module docstring for the decoding strategy."""
+
+    def __init__(self, path: str | Path, threads: int = 0) -> None:
+        import av
+
+        self._av = av
+        path = Path(path)
+        _check_file(path)
+        self.path = str(path)
+        try:
+            self._container = av.open(self.path)
+        except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
+            raise VideoError(path, f"cannot open ({err})") from None
+        try:
+            self._init_stream(threads)
+        except BaseException:
+            self._container.close()
+            raise
+
+    def _init_stream(self, threads: int) -> None:
+        if not self._container.streams.video:
+            raise VideoError(self.path, "no video stream")
+        stream = self._stream = self._container.streams.video[0]
+        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = threads  # 0: FFmpeg picks
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        if not rate or float(rate) <= 0:
+            raise VideoError(self.path, "unknown frame rate")
+        self.fps = float(rate)
+        self._tb = float(stream.time_base) if stream.time_base else 1.0 / self.fps
+        self._start = stream.start_time or 0
+        self.num_frames = int(stream.frames or 0)
+        if self.num_frames <= 0:  # e.g. webm/mkv carry no frame count: use the duration
+            if stream.duration:
+                seconds = stream.duration * self._tb
+            elif self._container.duration:
+                seconds = self._container.duration / 1e6  # AV_TIME_BASE
+            else:
+                seconds = 0.0
+            self.num_frames = int(round(seconds * self.fps))
+        if self.num_frames <= 0:
+            raise VideoError(self.path, "no frames (zero duration and no frame count)")
+
+    def close(self) -> None:
+        self._container.close()
+
+    def _frame_index(self, frame, previous: int | None) -> int:
+        if frame.pts is None:
+            return 0 if previous is None else previous + 1
+        return int(round((frame.pts - self._start) * self._tb * self.fps))
+
+    def _frames_from(self, index: int):
+        """Decoded frames from the keyframe at or before frame ``index``."""
+        if index > 0:
+            target = self._start + int(index / self.fps / self._tb)
+            self._container.seek(target, stream=self._stream, backward=True, any_frame=False)
+        elif self._decoded_any:
+            self._container.seek(self._start, stream=self._stream, backward=True, any_frame=False)
+        self._decoded_any = True
+        return self._container.decode(self._stream)
+
+    def read(self, indices: Sequence[int]) -> torch.Tensor:
+        indices = _check_indices(self.path, indices)
+        try:
+            frames = self._decode(sorted(set(indices)))
+        except self._av.FFmpegError as err:
+            raise VideoError(self.path, f"decoding failed ({err})") from None
+        return torch.from_numpy(np.stack([frames[i] for i in indices])).permute(0, 3, 1, 2)
+
+    def _decode(self, wanted: list[int]) -> dict[int, np.ndarray]:
+        """``{index: [H, W, 3] uint8}`` for every index in ``wanted`` (sorted, unique).
+
+        A wanted index gets the last frame whose index is <= it (the frame on screen at that
+        time), so gaps in the timestamps and counts that overstate the stream are harmless.
+        """
+        out: dict[int, np.ndarray] = {}
+        self._decoded_any = False
+        keyframes: list[int] = []
+        position, previous, k = None, None, 0
+        start = wanted[0] if wanted[0] > _DEFAULT_GOP else 0
+        stream = self._frames_from(start)
+        sought = int(start > 0)  # seek at most once per wanted frame (irregular GOPs could loop)
+        while k < len(wanted):
+            if (position is not None and sought <= k
+                    and wanted[k] - position > 2 * _gop_bound(keyframes, position)):
+                stream, previous, sought = self._frames_from(wanted[k]), None, k + 1
+            frame = next(stream, None)
+            if frame is None:
+                break
+            index = self._frame_index(frame, position)
+            position = index
+            if frame.key_frame and (not keyframes or index > keyframes[-1]):
+                keyframes.append(index)
+            while k < len(wanted) and index >= wanted[k]:
+                chosen = frame if index == wanted[k] or previous is None else previous[1]
+                out[wanted[k]] = chosen.to_ndarray(format="rgb24")
+                k += 1
+            previous = (index, frame)
+        if previous is None and not out:
+            if wanted[0] > 0:  # sought past the real end (overstated count): read the tail
+                return self._decode_tail(wanted)
+            raise VideoError(self.path, "no decodable frames")
+        last = previous[1].to_ndarray(format="rgb24") if previous is not None else None
+        for index in wanted[k:]:  # past the end of the decodable stream: clamp to the last frame
+            out[index] = last if last is not None else out[max(out)]
+        if k < len(wanted):
+            logger.debug("%s: frames %s past the decodable end (%s); clamped", self.path,
+                         wanted[k:], position)
+        return out
+
+    def _decode_tail(self, wanted: list[int]) -> dict[int, np.ndarray]:
+        last = None
+        for frame in self._frames_from(0):
+            last = frame
+        if last is None:
+            raise VideoError(self.path, "no decodable frames")
+        array = last.to_ndarray(format="rgb24")
+        return {index: array for index in wanted}
+
+
+def _gop_bound(keyframes: list[int], position: int) -> int:
+    """An upper bound on the keyframe interval: the longest seen so far (a guess before two)."""
+    since_last = position - keyframes[-1] if keyframes else position
+    if len(keyframes) < 2:
+        return max(_DEFAULT_GOP, since_last)
+    return max(max(np.diff(keyframes)), since_last)
+
+
+class TorchCodecReader(VideoReader):
+    """torchcodec reader (``pip install torchcodec``)."""
+
+    def __init__(self, path: str | Path, threads: int = 0) -> None:
+        from torchcodec.decoders import VideoDecoder
+
+        path = Path(path)
+        _check_file(path)
+        self.path = str(path)
+        try:
+            self._decoder = VideoDecoder(self.path, seek_mode="approximate",
+                                         num_ffmpeg_threads=threads)
+            meta = self._decoder.metadata
+            self.fps = float(meta.average_fps)
+            self.num_frames = int(meta.num_frames or round(meta.duration_seconds * self.fps))
+        except (RuntimeError, ValueError, TypeError) as err:
+            raise VideoError(path, f"cannot open ({err})") from None
+        if self.num_frames <= 0:
+            raise VideoError(path, "no frames")
+
+    def read(self, indices: Sequence[int]) -> torch.Tensor:
+        indices = [min(i, self.num_frames - 1) for i in _check_indices(self.path, indices)]
+        try:
+            return self._decoder.get_frames_at(indices=indices).data
+        except (RuntimeError, ValueError, IndexError) as err:
+            raise VideoError(self.path, f"decoding failed ({err})") from None
+
+
+class DecordReader(VideoReader):
+    """decord reader (``pip install decord``)."""
+
+    def __init__(self, path: str | Path, threads: int = 0) -> None:
+        import decord
+
+        path = Path(path)
+        _check_file(path)
+        self.path = str(path)
+        try:
+            self._reader = decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=threads)
+            self.num_frames = len(self._reader)
+            self.fps = float(self._reader.get_avg_fps())
+        except (decord.DECORDError, RuntimeError) as err:
+            raise VideoError(path, f"cannot open ({err})") from None
+        if self.num_frames <= 0:
+            raise VideoError(path, "no frames")
+
+    def read(self, indices: Sequence[int]) -> torch.Tensor:
+        import decord
+
+        indices = [min(i, self.num_frames - 1) for i in _check_indices(self.path, indices)]
+        try:
+            frames = self._reader.get_batch(indices).asnumpy()  # [T, H, W, 3]
+        except (decord.DECORDError, RuntimeError) as err:
+            raise VideoError(self.path, f"decoding failed ({err})") from None
+        return torch.from_numpy(frames).permute(0, 3, 1, 2)
+
+
+_MODULES = {"pyav": "av", "torchcodec": "torchcodec", "decord": "decord"}
+_READERS = {"pyav": PyAVReader, "torchcodec": TorchCodecReader, "decord": DecordReader}
+
+
+def backend_available(backend: str) -> bool:
+    """Whether ``backend``'s package is installed (without importing it)."""
+    import importlib.util
+
+    return backend in _MODULES and importlib.util.find_spec(_MODULES[backend]) is not None
+
+
+def check_backend(backend: str) -> None:
+    """Raise InputError if ``backend`` is unknown or its package is not installed."""
+    if backend not in BACKENDS:
+        raise InputError(f"decoder {backend!r} is unknown (choose from {', '.join(BACKENDS)})")
+    if not backend_available(backend):
+        raise InputError(f"decoder {backend!r} is selected but not installed "
+                         f"(pip install {_MODULES[backend]}), or use decoder: pyav")
+
+
+def open_video(path: str | Path, backend: str = "pyav", threads: int = 0) -> VideoReader:
+    """Open ``path`` with ``backend`` (pyav | torchcodec | decord); use as a context manager.
+
+    ``threads``: decoding threads (0: the decoder decides; 1 suits many DataLoader workers).
+    Raises InputError for an unknown or uninstalled backend, VideoError for an unreadable file.
+    """
+    check_backend(backend)
+    return _READERS[backend](path, threads=threads)
+
+
+def read_frames(path: str | Path, indices: Sequence[int], backend: str = "pyav") -> torch.Tensor:
+    """Frames ``indices`` of the video at ``path`` -> uint8 ``[len(indices), 3, H, W]``."""
+    with open_video(path, backend) as reader:
+        return reader.read(indices)
+
+
+def read_clip_at(path: str | Path, center_sec: float, num_frames: int, stride: int,
+                 backend: str = "pyav") -> torch.Tensor:
+    """``num_frames`` frames ``stride`` apart centred at ``center_sec`` -> uint8 ``[T, 3, H, W]``.
+
+    Indices outside the video are clamped to its first/last frame (e.g. AVA keyframes near the
+    ends of a segment).
+    """
+    from .sampling import clip_at_time
+
+    with open_video(path, backend) as reader:
+        indices = clip_at_time(center_sec, reader.fps, num_frames, stride, reader.num_frames)
+        return reader.read(indices)

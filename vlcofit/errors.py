@@ -1,0 +1,17 @@
+"""Errors caused by the user's input (files, configs, arguments).
+
+The CLI prints these as one short message naming the file/line/field, without a traceback;
+anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class InputError(ValueError):
+    """Bad user input. Message should name the file (and line or field) and what is wrong."""
+
+
+def at(path: str | Path, line: int | None = None) -> str:
+    """Location prefix for messages: ``file:line`` (1-based line) or ``file``."""
+    return f"{path}:{line}" if line is not None else str(path)

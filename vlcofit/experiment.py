@@ -1,0 +1,82 @@
+"""Build what a run needs from its config: the label space, the model, datasets and loaders.
+
+Training, evaluation and zero-shot all go through these functions, so every path sees the same
+label space, preprocessing and data.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader
+
+from .config import DatasetCard, ExperimentConfig
+from .data.classification import ClassificationDataset, collate, read_records
+from .data.transforms import build_transform
+from .errors import InputError
+from .models.backbones import Backbone
+from .models.video import VideoCLIP, build_model
+from .prompts import ClassList, LabelSpace, read_class_list, read_templates
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LabelSetup:
+    """The union label space of a run and each dataset's classes."""
+    space: LabelSpace
+    classes: dict[str, ClassList]
+    templates: dict[str, tuple[str, ...]]
+    row_templates: tuple[tuple[str, ...], ...]  # templates used for each label-space row
+
+    def rows(self, dataset: str) -> torch.Tensor:
+        return torch.tensor(self.space.index[dataset], dtype=torch.long)
+
+    def to_dict(self) -> dict:
+        return {"label_space": self.space.to_dict(),
+                "templates": {name: list(t) for name, t in self.templates.items()}}
+
+
+def read_card_classes(card: DatasetCard) -> ClassList:
+    """The card's prompt file, checked against the card's declared class count."""
+    classes = read_class_list(card.prompts)
+    if card.num_classes is not None and card.num_classes != len(classes):
+        raise InputError(f"dataset {card.name}: the card says num_classes={card.num_classes} but "
+                         f"{classes.path} lists {len(classes)} classes")
+    return classes
+
+
+def build_labels(cfg: ExperimentConfig) -> LabelSetup:
+    """One label space over every dataset of the run (a class two datasets share is one row)."""
+    names = list(dict.fromkeys(cfg.train.datasets + cfg.eval_datasets)) or list(cfg.datasets)
+    classes = {n: read_card_classes(cfg.datasets[n]) for n in names}
+    templates = {n: read_templates(cfg.datasets[n].templates) for n in names}
+    space = LabelSpace.union(classes)
+    row_templates: list[tuple[str, ...] | None] = [None] * len(space.names)
+    for name in names:  # a shared row keeps the templates of the first dataset naming it
+        for row in space.index[name]:
+            row_templates[row] = row_templates[row] or templates[name]
+    return LabelSetup(space, classes, templates, tuple(row_templates))
+
+
+def build_video_model(cfg: ExperimentConfig, labels: LabelSetup) -> VideoCLIP:
+    return build_model(cfg.model, labels.space.names, labels.row_templates)
+
+
+def build_dataset(card: DatasetCard, split: str, classes: ClassList, backbone: Backbone,
+                  train: bool, seed: int) -> ClassificationDataset:
+    """A dataset of ``card``'s ``split``, preprocessed for ``backbone``."""
+    if card.task != "classification":
+        raise InputError(f"dataset {card.name}: task {card.task!r} is not supported by this build")
+    transform = build_transform(train, backbone.image_size, backbone.mean, backbone.std,
+                                crops=1 if train else card.test_crops, flip=card.hflip,
+                                scale=(card.min_crop_scale, 1.0))
+    records = read_records(card, split, classes)
+    return ClassificationDataset(records, card, transform, train=train, seed=seed)
+
+
+def build_loader(dataset, batch_size: int, train: bool, num_workers: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train,
+                      num_workers=num_workers, collate_fn=collate,
+                      persistent_workers=False, pin_memory=torch.cuda.is_available())
