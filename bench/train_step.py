@@ -3,8 +3,8 @@
     python bench/train_step.py [--steps 30] [--batch 8] [--frames 8] [--model tiny]
 
 Both loops: forward, cross-entropy, backward, gradient clipping, AdamW step. vlcofit's adds what
-it does on every step: Accelerate (autocast context, backward, clipping), the bad-video
-bookkeeping and the gradient-accumulation plumbing. Target: ratio <= 1.10.
+it does on every step: Accelerate (autocast context, backward, clipping), the task dispatch,
+the bad-video bookkeeping and the gradient-accumulation plumbing. Target: ratio <= 1.10.
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from vlcofit.config import ExperimentConfig, ModelConfig, TrainConfig
 from vlcofit.models.video import build_model
 from vlcofit.optim import build_optimizer
-from vlcofit.train import BadVideos, _optimizer_step, make_accelerator
+from vlcofit.tasks import TASKS
+from vlcofit.train import _optimizer_step, make_accelerator
 
 
 def _time(step, n: int, warmup: int = 5) -> list[float]:
@@ -73,10 +74,10 @@ def main() -> None:
     ours.train()
     batch = {"video": video, "label": label, "bad": []}
     batches = iter(lambda: batch, None)
-    bad = BadVideos(path=None, max_fraction=1.0, dataset_size=1)
+    task = TASKS["classification"]
 
     def our_step() -> None:
-        _optimizer_step(accelerator, ours, opt, batches, rows, tcfg, bad)
+        _optimizer_step(accelerator, ours, opt, batches, rows, task, tcfg, lambda paths: None)
 
     # interleave rounds so drift in machine load hits both equally
     bare_t, our_t = [], []

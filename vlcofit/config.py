@@ -23,6 +23,31 @@ TASKS = ("classification", "localization")
 
 
 @dataclass(frozen=True)
+class LocalizationSpec:
+    """AVA-style specifics of a localisation card (``localization:`` in the card).
+
+    The card's ``train``/``val``/``test`` name the ground-truth CSVs of each split; ``prompts``
+    is the label map (``id: name`` prompt file, or an official .pbtxt given as ``labelmap``).
+    """
+    labelmap: str | None = None  # official pbtxt; default: the prompt file's `id: name` lines
+    proposals_train: str | None = None  # person boxes: pickle dict or CSV (relative to root)
+    proposals_val: str | None = None
+    proposals_test: str | None = None
+    exclusions_val: str | None = None  # keyframes the evaluation ignores
+    exclusions_test: str | None = None
+    media: str = "video"  # video: <root>/<videos>/<video_id>.<ext>; frames: <video_id>/img_%05d.jpg
+    videos: str = "videos"  # sub-folder of root holding the videos or frame folders
+    video_extension: str = ".mp4"
+    frame_pattern: str = "img_{:05d}.jpg"  # frames media: 1-based frame number
+    fps: float = 30.0  # frames media: frames per second of the extracted frames
+    first_frame_time: float = 0.0  # frames media: time (s) of frame 1; AVA: 900
+    keyframe_range: tuple[float, ...] = ()  # (first, last) keyframe time kept; AVA: (902, 1798)
+    person_score_threshold: float = 0.8  # evaluation proposals kept above this score
+    train_proposal_iou: float | None = None  # also train on proposals with IoU >= t to a gt box
+    head_mid_tail: tuple[int, ...] = (100, 1000)  # training-instance thresholds of rare-class groups
+
+
+@dataclass(frozen=True)
 class DatasetCard:
     """One dataset: where its videos and labels are, its classes, how clips are sampled.
 
@@ -30,7 +55,8 @@ class DatasetCard:
     """
     name: str
     task: str = "classification"  # classification | localization
-    format: str = "csv"  # csv | list | folder | kinetics (classification); ava (localization)
+    # classification: csv | list | folder | kinetics | ucf101 | hmdb51 | ssv2; localization: ava
+    format: str = "csv"
     root: str = "."  # video folder; relative paths are relative to the working directory
     train: str | None = None  # annotation/split file (or sub-folder for `folder`), relative to root
     val: str | None = None
@@ -48,6 +74,7 @@ class DatasetCard:
     decoder: str = "pyav"  # pyav | torchcodec | decord
     filename_pattern: str = "{youtube_id}_{time_start:06d}_{time_end:06d}.mp4"  # kinetics format
     video_extensions: tuple[str, ...] = (".mp4", ".avi", ".mkv", ".webm", ".mov")  # folder format
+    localization: LocalizationSpec = field(default_factory=LocalizationSpec)  # task: localization
 
     def split_file(self, split: str) -> str:
         """The annotation file (or folder) of ``split`` (train/val/test), checked to be set."""
@@ -75,7 +102,19 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    datasets: tuple[str, ...] = ()  # names from `datasets` trained on
+    datasets: tuple[str, ...] = ()  # names from `datasets` trained on (a mixture if several)
+    # Which dataset each step draws: proportional (to size) | uniform | temperature (size^(1/T))
+    # | weights (explicit `weights`). The same seeded draw on every process.
+    sampling: str = "proportional"
+    temperature: float = 2.0
+    weights: dict[str, float] = field(default_factory=dict)
+    loss_weights: dict[str, float] = field(default_factory=dict)  # per dataset; default 1
+    step_budgets: dict[str, int] = field(default_factory=dict)  # most steps a dataset may take
+    # cofinetune: datasets mixed at every step; sequential: the transfer-learning baseline —
+    # the upstream datasets first, then `downstream`, with the same per-dataset step counts.
+    schedule: str = "cofinetune"
+    downstream: tuple[str, ...] = ()
+    box_loss: str = "bce"  # localisation datasets: bce | focal
     steps: int = 1000  # optimizer steps
     batch_size: int = 8  # clips per process per micro-step
     grad_accum: int = 1
@@ -145,6 +184,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise InputError(f"{where}: expected a list, got {value!r}")
         return tuple(_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise InputError(f"{where}: expected a mapping, got {value!r}")
+        return {_coerce(k, key_tp, f"{where}"): _coerce(v, val_tp, f"{where}.{k}") for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str):
@@ -185,6 +229,20 @@ def from_dict(cls: type, data: Any, where: str) -> Any:
     return cls(**kwargs)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses duplicate keys (YAML would silently keep the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in keys:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            keys.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path) -> dict:
     """Read a YAML mapping safely; errors name the file."""
     path = Path(path)
@@ -193,7 +251,7 @@ def load_yaml(path: str | Path) -> dict:
     except OSError as e:
         raise InputError(f"{path}: cannot read ({e.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         raise InputError(f"{path}: invalid YAML: {e}") from None
     if data is None:
@@ -267,11 +325,14 @@ def _check_experiment(cfg: ExperimentConfig, where: str) -> None:
         (t.steps >= 1 and t.batch_size >= 1 and t.grad_accum >= 1,
          "train.steps, train.batch_size and train.grad_accum must be >= 1"),
         (0.0 <= t.max_bad_fraction <= 1.0, "train.max_bad_fraction must be in [0, 1]"),
+        (t.box_loss in ("bce", "focal"), "train.box_loss must be bce or focal"),
         (cfg.eval.split in ("train", "val", "test"), "eval.split must be train, val or test"),
     ]
     for ok, message in checks:
         if not ok:
             raise InputError(f"{where}: {message}")
+    from .mixture import check_mixture  # mixture builds on this module
+    check_mixture(cfg, where)
 
 
 # --------------------------------------------------------------------------- overrides

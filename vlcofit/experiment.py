@@ -12,12 +12,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from .config import DatasetCard, ExperimentConfig
-from .data.classification import ClassificationDataset, collate, read_records
-from .data.transforms import build_transform
 from .errors import InputError
 from .models.backbones import Backbone
 from .models.video import VideoCLIP, build_model
 from .prompts import ClassList, LabelSpace, read_class_list, read_templates
+from .tasks import task_of
 
 logger = logging.getLogger(__name__)
 
@@ -61,22 +60,19 @@ def build_labels(cfg: ExperimentConfig) -> LabelSetup:
 
 
 def build_video_model(cfg: ExperimentConfig, labels: LabelSetup) -> VideoCLIP:
-    return build_model(cfg.model, labels.space.names, labels.row_templates)
+    """The video model over the run's label space; with a box head if a dataset localises."""
+    used = set(cfg.train.datasets + cfg.eval_datasets) or set(cfg.datasets)
+    with_boxes = any(cfg.datasets[n].task == "localization" for n in used)
+    return build_model(cfg.model, labels.space.names, labels.row_templates, with_boxes=with_boxes)
 
 
 def build_dataset(card: DatasetCard, split: str, classes: ClassList, backbone: Backbone,
-                  train: bool, seed: int) -> ClassificationDataset:
-    """A dataset of ``card``'s ``split``, preprocessed for ``backbone``."""
-    if card.task != "classification":
-        raise InputError(f"dataset {card.name}: task {card.task!r} is not supported by this build")
-    transform = build_transform(train, backbone.image_size, backbone.mean, backbone.std,
-                                crops=1 if train else card.test_crops, flip=card.hflip,
-                                scale=(card.min_crop_scale, 1.0))
-    records = read_records(card, split, classes)
-    return ClassificationDataset(records, card, transform, train=train, seed=seed)
+                  train: bool, seed: int):
+    """A dataset of ``card``'s ``split``, preprocessed for ``backbone`` (the card's task decides how)."""
+    return task_of(card).dataset(card, split, classes, backbone, train, seed)
 
 
 def build_loader(dataset, batch_size: int, train: bool, num_workers: int) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train,
-                      num_workers=num_workers, collate_fn=collate,
+                      num_workers=num_workers, collate_fn=task_of(dataset.card).collate,
                       persistent_workers=False, pin_memory=torch.cuda.is_available())

@@ -13,6 +13,7 @@ from .evaluate import classification_report, evaluate_classification, extract_em
 from .experiment import build_dataset, build_labels, build_loader, build_video_model
 from .models.video import build_model
 from .prompts import read_class_list, read_templates
+from .tasks import task_of
 from .train import make_accelerator
 
 logger = logging.getLogger(__name__)
@@ -30,9 +31,10 @@ def evaluate_checkpoint(cfg: ExperimentConfig, ckpt: str, out_dir: Path | None =
         ds = build_dataset(cfg.datasets[name], cfg.eval.split, labels.classes[name],
                            accelerator.unwrap_model(model).backbone, train=False, seed=cfg.train.seed)
         loader = accelerator.prepare(build_loader(ds, cfg.eval.batch_size, False, cfg.train.num_workers))
-        metrics.update(evaluate_classification(
-            accelerator, model, loader, name, labels.rows(name).to(accelerator.device),
-            labels.classes[name], out_dir=out_dir, max_batches=cfg.eval.max_batches))
+        card = cfg.datasets[name]
+        metrics.update(task_of(card).evaluate(
+            accelerator, model, loader, card, labels.rows(name).to(accelerator.device),
+            labels.classes[name], cfg.eval.split, out_dir, cfg.eval.max_batches))
     if out_dir is not None and accelerator.is_main_process:
         (out_dir / f"metrics_{cfg.eval.split}.json").write_text(json.dumps(metrics, indent=2))
     return metrics

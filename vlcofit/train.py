@@ -11,24 +11,30 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from . import checkpoint
 from .config import ExperimentConfig, save_experiment
 from .errors import InputError
-from .evaluate import evaluate_classification
-from .experiment import LabelSetup, build_dataset, build_labels, build_loader, build_video_model
+from . import mixture
+from .experiment import build_dataset, build_labels, build_loader, build_video_model
 from .optim import build_optimizer, build_scheduler
 from .runinfo import MetricsLog, finish_run_json, plot_learning_curves, write_run_json
+from .tasks import task_of
 
 logger = logging.getLogger(__name__)
 
 
 def make_accelerator(cfg: ExperimentConfig, run_dir: Path | None) -> Accelerator:
     """One Accelerator per run; TensorBoard logs go to ``<run>/tensorboard``."""
+    tasks = {cfg.datasets[n].task for n in cfg.train.datasets}
+    handlers = []
+    if len(tasks) > 1 or "localization" in tasks:
+        # Each step trains one task: the other task's head (and, for box steps, the temporal
+        # module) gets no gradient that step.
+        handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
     return Accelerator(
         mixed_precision=cfg.train.mixed_precision,
         log_with="tensorboard" if run_dir is not None else None,
@@ -36,6 +42,7 @@ def make_accelerator(cfg: ExperimentConfig, run_dir: Path | None) -> Accelerator
         # Seeded, epoch-aware shuffling: the same order on every process, and on resume.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         step_scheduler_with_optimizer=False,
+        kwargs_handlers=handlers,
     )
 
 
@@ -63,106 +70,121 @@ def _batches(accelerator, loader, dataset, start_micro: int):
 
 
 class BadVideos:
-    """Unreadable training videos: counted, listed in ``bad_videos.txt``, fatal past a fraction."""
+    """Unreadable training videos: counted, listed in ``bad_videos.txt``, fatal past a fraction
+    of any one dataset."""
 
-    def __init__(self, path: Path, max_fraction: float, dataset_size: int):
-        self.path, self.max_fraction, self.size = path, max_fraction, dataset_size
-        self.local: set[str] = set()
-        self.known: set[str] = set()
+    def __init__(self, path: Path, max_fraction: float, sizes: dict[str, int]):
+        self.path, self.max_fraction, self.sizes = path, max_fraction, sizes
+        self.local: dict[str, set[str]] = {n: set() for n in sizes}
+        self.known: dict[str, set[str]] = {n: set() for n in sizes}
 
-    def add(self, paths: list[str]) -> None:
-        self.local.update(paths)
+    def add(self, name: str, paths: list[str]) -> None:
+        self.local[name].update(paths)
+
+    def total(self) -> int:
+        return sum(len(v) for v in self.known.values())
 
     def sync(self, accelerator) -> None:
-        """Collective: merge every process's list, write it, fail past ``max_fraction``."""
-        merged = set()
-        for part in accelerator.gather_for_metrics([sorted(self.local)], use_gather_object=True):
-            merged.update(part)
-        self.known |= merged
-        if accelerator.is_main_process and self.known:
-            self.path.write_text("".join(p + "\n" for p in sorted(self.known)))
-        if len(self.known) > self.max_fraction * self.size:
-            raise InputError(f"{len(self.known)} of {self.size} training videos are unreadable, more than "
-                             f"train.max_bad_fraction={self.max_fraction}; see {self.path}")
+        """Collective: merge every process's lists, write them, fail past ``max_fraction``."""
+        local = {n: sorted(v) for n, v in self.local.items()}
+        for part in accelerator.gather_for_metrics([local], use_gather_object=True):
+            for name, paths in part.items():
+                self.known[name].update(paths)
+        if accelerator.is_main_process and self.total():
+            self.path.write_text("".join(p + "\n" for n in self.known for p in sorted(self.known[n])))
+        for name, paths in self.known.items():
+            if len(paths) > self.max_fraction * self.sizes[name]:
+                raise InputError(f"{len(paths)} of {self.sizes[name]} training videos of {name} are "
+                                 f"unreadable, more than train.max_bad_fraction={self.max_fraction}; "
+                                 f"see {self.path}")
 
 
 def train(cfg: ExperimentConfig, resume: str | None = None) -> dict[str, float]:
-    """Train as ``cfg`` says; returns the final evaluation metrics. Resumable (``resume``:
-    "latest" or a checkpoint path)."""
-    if len(cfg.train.datasets) != 1:
-        raise InputError("train.datasets: name exactly one dataset to train on, e.g. [demo]")
+    """Train as ``cfg`` says — one dataset, or a mixture (co-finetuning or the sequential
+    baseline); returns the final evaluation metrics. Resumable (``resume``: "latest" or a
+    checkpoint path)."""
+    t = cfg.train
+    if not t.datasets:
+        raise InputError("train.datasets: name the dataset(s) to train on, e.g. [demo]")
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     resume_from = _resume_checkpoint(run_dir, resume)
     accelerator = make_accelerator(cfg, run_dir)
-    set_seed(cfg.train.seed)  # same initial weights on every process
-    t = cfg.train
+    set_seed(t.seed)  # same initial weights on every process
     if accelerator.is_main_process:
         save_experiment(cfg, run_dir / "config.yaml")
         write_run_json(run_dir / "run.json", accelerator, t.seed)
     labels = build_labels(cfg)
     model = build_video_model(cfg, labels)
-    name = t.datasets[0]
-    card = cfg.datasets[name]
-    train_set = build_dataset(card, "train", labels.classes[name], model.backbone, train=True, seed=t.seed)
-    train_loader = build_loader(train_set, t.batch_size, True, t.num_workers)
+    train_sets = {n: build_dataset(cfg.datasets[n], "train", labels.classes[n], model.backbone,
+                                   train=True, seed=t.seed) for n in t.datasets}
+    mix = mixture.plan(cfg, {n: len(ds) for n, ds in train_sets.items()})
+    logger.info("mixture (%s, %s):\n%s", t.sampling, t.schedule, mix.table())
+    loaders = {n: build_loader(ds, t.batch_size, True, t.num_workers) for n, ds in train_sets.items()}
     eval_loaders = {n: build_loader(build_dataset(cfg.datasets[n], cfg.eval.split, labels.classes[n],
                                                   model.backbone, train=False, seed=t.seed),
                                     cfg.eval.batch_size, False, t.num_workers)
                     for n in cfg.eval_datasets}
     optimizer = build_optimizer(model, model.new_parameter_names(), t)
     scheduler = build_scheduler(optimizer, t)
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    loaders = {n: accelerator.prepare(dl) for n, dl in loaders.items()}
     eval_loaders = {n: accelerator.prepare(dl) for n, dl in eval_loaders.items()}
     step = checkpoint.load(accelerator, model, optimizer, scheduler, resume_from) if resume_from else 0
     if accelerator.is_main_process:
         (run_dir / "labels.json").write_text(json.dumps(labels.to_dict(), indent=1))
-        log = MetricsLog(run_dir / "metrics.jsonl", resume_step=step if resume_from else None)
+        (run_dir / "mixture.json").write_text(json.dumps(
+            {"sampling": t.sampling, "schedule": t.schedule, **mix.to_dict()}, indent=1))
         if resume_from is None:
             (run_dir / "metrics.jsonl").write_text("")
+        log = MetricsLog(run_dir / "metrics.jsonl", resume_step=step if resume_from else None)
     accelerator.init_trackers("tensorboard")
-    bad = BadVideos(run_dir / "bad_videos.txt", t.max_bad_fraction, len(train_set))
+    bad = BadVideos(run_dir / "bad_videos.txt", t.max_bad_fraction, {n: len(d) for n, d in train_sets.items()})
+    rows = {n: labels.rows(n).to(accelerator.device) for n in labels.classes}
+    done = mix.counts(step)
+    batches = {n: _batches(accelerator, loaders[n], train_sets[n], done[n] * t.grad_accum)
+               for n in t.datasets}
 
     def run_eval(at_step: int, final: bool) -> dict[str, float]:
         out = {}
         for n, dl in eval_loaders.items():
-            out.update(evaluate_classification(
-                accelerator, model, dl, n, labels.rows(n).to(accelerator.device), labels.classes[n],
-                out_dir=run_dir / "eval" if final else None, max_batches=cfg.eval.max_batches))
+            card = cfg.datasets[n]
+            out.update(task_of(card).evaluate(
+                accelerator, model, dl, card, rows[n], labels.classes[n], cfg.eval.split,
+                run_dir / "eval" if final and accelerator.is_main_process else None,
+                cfg.eval.max_batches))
         if accelerator.is_main_process:
             log.write({"step": at_step, **out})
         accelerator.log(out, step=at_step)
         return out
 
-    rows = labels.rows(name).to(accelerator.device)
-    batches = _batches(accelerator, train_loader, train_set, step * t.grad_accum)
-    bar = tqdm(total=t.steps, initial=step, desc=f"train {name}", unit="step", dynamic_ncols=True,
+    bar = tqdm(total=t.steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
                disable=not accelerator.is_main_process)
     model.train()
-    window_loss, window_clips, window_start = 0.0, 0, time.perf_counter()
+    window = torch.zeros(2 * len(t.datasets) + 1, dtype=torch.float64)  # per dataset: loss sum, steps
+    window_start = time.perf_counter()
     while step < t.steps:
-        loss_sum = _optimizer_step(accelerator, model, optimizer, batches, rows, t, bad)
+        i = int(mix.schedule[step])
+        name = t.datasets[i]
+        loss = _optimizer_step(accelerator, model, optimizer, batches[name], rows[name],
+                               task_of(cfg.datasets[name]), t, lambda paths: bad.add(name, paths),
+                               t.loss_weights.get(name, 1.0))
         scheduler.step()
         step += 1
-        window_loss += loss_sum
-        window_clips += t.batch_size * t.grad_accum * accelerator.num_processes
+        window[2 * i] += loss
+        window[2 * i + 1] += 1
+        window[-1] += t.batch_size * t.grad_accum * accelerator.num_processes
         bar.update(1)
         if step % t.log_every == 0 or step == t.steps:
             bad.sync(accelerator)
-            steps_in_window = (step - 1) % t.log_every + 1
-            loss = accelerator.reduce(torch.tensor(window_loss / steps_in_window, device=accelerator.device),
-                                      "mean").item()
-            elapsed = time.perf_counter() - window_start
-            row = {"step": step, "train/loss": loss, "train/lr": scheduler.get_last_lr()[0],
-                   "train/lr_new": max(scheduler.get_last_lr()),
-                   "train/logit_scale": accelerator.unwrap_model(model).logit_scale.exp().item(),
-                   "train/clips_per_s": window_clips / max(elapsed, 1e-9),
-                   "train/bad_videos": len(bad.known)}
+            row = _log_row(accelerator, model, scheduler, t.datasets, window, step,
+                           time.perf_counter() - window_start, bad.total())
             accelerator.log(row, step=step)
             if accelerator.is_main_process:
                 log.write(row)
-            bar.set_postfix(loss=f"{loss:.3f}", clips_s=f"{row['train/clips_per_s']:.1f}")
-            window_loss, window_clips, window_start = 0.0, 0, time.perf_counter()
+            bar.set_postfix(loss=f"{row['train/loss']:.3f}", clips_s=f"{row['train/clips_per_s']:.1f}")
+            window.zero_()
+            window_start = time.perf_counter()
         if t.eval_every and step % t.eval_every == 0 and step < t.steps:
             run_eval(step, final=False)
             model.train()
@@ -178,19 +200,38 @@ def train(cfg: ExperimentConfig, resume: str | None = None) -> dict[str, float]:
     return final
 
 
-def _optimizer_step(accelerator, model, optimizer, batches, rows: torch.Tensor, t, bad: BadVideos) -> float:
-    """One optimizer step over ``grad_accum`` micro-batches; returns the mean micro-batch loss."""
+def _log_row(accelerator, model, scheduler, names, window: torch.Tensor, step: int,
+             elapsed: float, bad: int) -> dict[str, float]:
+    """Loss per dataset and overall (averaged over processes), learning rates, throughput."""
+    total = accelerator.reduce(window.to(accelerator.device), "sum").cpu()
+    n = accelerator.num_processes
+    losses, counts = total[0:-1:2] / n, total[1:-1:2] / n
+    row = {"step": step, "train/loss": float(losses.sum() / counts.sum().clamp(min=1))}
+    if len(names) > 1:
+        row.update({f"train/{name}/loss": float(losses[i] / counts[i])
+                    for i, name in enumerate(names) if counts[i] > 0})
+    lrs = scheduler.get_last_lr()
+    row.update({"train/lr": min(lrs), "train/lr_new": max(lrs),
+                "train/logit_scale": accelerator.unwrap_model(model).logit_scale.exp().item(),
+                "train/clips_per_s": float(total[-1]) / n / max(elapsed, 1e-9),
+                "train/bad_videos": bad})
+    return row
+
+
+def _optimizer_step(accelerator, model, optimizer, batches, rows: torch.Tensor, task, t,
+                    report_bad, loss_weight: float = 1.0) -> float:
+    """One optimizer step over ``grad_accum`` micro-batches of one dataset; returns the mean
+    (unweighted) micro-batch loss."""
     total = 0.0
     for micro in range(t.grad_accum):
         batch = next(batches)
-        bad.add(batch["bad"])
+        report_bad(batch["bad"])
         # Gradients are all-reduced only on the last micro-batch.
         sync = micro == t.grad_accum - 1
         with accelerator.no_sync(model) if not sync else nullcontext():
             with accelerator.autocast():
-                logits = model(batch["video"], rows)
-            loss = F.cross_entropy(logits.float(), batch["label"], label_smoothing=t.label_smoothing)
-            accelerator.backward(loss / t.grad_accum)
+                loss = task.loss(model, batch, rows, t)
+            accelerator.backward(loss * (loss_weight / t.grad_accum))
         total += loss.item()
     if t.clip_grad:
         accelerator.clip_grad_norm_(model.parameters(), t.clip_grad)

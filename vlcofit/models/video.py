@@ -37,6 +37,7 @@ class VideoCLIP(nn.Module):
         self.class_names = list(class_names)
         self.class_templates = [tuple(t) for t in class_templates]
         self.linear = nn.Linear(backbone.embed_dim, len(class_names)) if cfg.head == "linear" else None
+        self.box_head: nn.Module | None = None  # set by build_model for localisation runs
         for p in backbone.text_parameters():
             p.requires_grad_(cfg.train_text)
         # A plain attribute, not a buffer: DDP would broadcast it, checkpoints would store it.
@@ -106,12 +107,31 @@ class VideoCLIP(nn.Module):
         text = self.class_matrix()
         return self.score(emb, text if rows is None else text[rows])
 
-    def forward(self, video: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, T, 3, H, W] -> logits [B, C]."""
-        emb, _ = self.encode_video(video)
-        return self.classify(emb, rows)
+    def box_logits(self, token_map: torch.Tensor, boxes: torch.Tensor, box_batch: torch.Tensor,
+                   rows: torch.Tensor | None = None, text: torch.Tensor | None = None) -> torch.Tensor:
+        """Person boxes [K, 4] (normalised; sample index ``box_batch`` [K]) pooled from the token
+        map [B, D, T, h, w] -> multi-label logits [K, C] against label-space ``rows`` (or ``text``)."""
+        if self.box_head is None:
+            raise RuntimeError("this model has no box head (no localisation dataset in its config)")
+        emb = self.box_head(token_map, boxes, box_batch)
+        if text is None:
+            text = self.class_matrix()
+            text = text if rows is None else text[rows]
+        return self.score(emb, text) + self.box_head.logit_bias
+
+    def forward(self, video: torch.Tensor, rows: torch.Tensor | None = None,
+                boxes: torch.Tensor | None = None, box_batch: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, T, 3, H, W] -> clip logits [B, C]; with ``boxes`` [K, 4], box logits [K, C]."""
+        emb, token_map = self.encode_video(video)
+        if boxes is None:
+            return self.classify(emb, rows)
+        return self.box_logits(token_map, boxes, box_batch, rows)
 
 
 def build_model(cfg: ModelConfig, class_names: Sequence[str],
-                class_templates: Sequence[Sequence[str]]) -> VideoCLIP:
-    return VideoCLIP(build_backbone(cfg), cfg, class_names, class_templates)
+                class_templates: Sequence[Sequence[str]], with_boxes: bool = False) -> VideoCLIP:
+    model = VideoCLIP(build_backbone(cfg), cfg, class_names, class_templates)
+    if with_boxes:
+        from .boxes import BoxHead
+        model.box_head = BoxHead(model.backbone.width, model.backbone.embed_dim)
+    return model

@@ -1,0 +1,345 @@
+"""Few-shot protocols: K videos per class, fine-tuning or a frozen-encoder linear probe.
+
+K-shot split: for every class (in prompt-file order) K of its training videos, drawn with one
+``numpy.random.default_rng([seed, K])`` generator (``choice`` without replacement per class),
+the chosen videos sorted in training-file order. It is written as a ``path,label`` CSV
+(absolute paths, class names) to ``<out>/splits/k{K}_seed{S}.csv``. Every process computes the
+split from the same records; the main process writes the file, the others wait and check that
+the file holds what they computed, so all processes of a distributed run train on one split.
+
+Fine-tuning: each (K, seed) trains :func:`vlcofit.train.train` on the config with the training
+dataset replaced by the K-shot file (an extra card ``<name>_kshot``) and evaluated on the
+config's evaluation datasets, in ``<out>/k{K}_seed{S}``, from the same starting weights (same
+model config and ``train.seed``). A finished run with the same config is reused, an interrupted
+one resumed.
+
+Linear probe (``probe=True``): the frozen encoder's embeddings (evaluation view, averaged over
+views, L2-normalised) of the training and evaluation videos are extracted once (feature cache in
+``<out>/features``); per (K, seed) a multinomial logistic regression is fitted with L-BFGS on
+the K-shot rows and scored top-1 on the evaluation split. Its L2 weight decay is chosen from
+``PROBE_WEIGHT_DECAYS`` by 2-fold cross-validation on the K-shot set (folds split within each
+class) when K >= 2, else fixed to ``PROBE_DEFAULT_DECAY``.
+
+Summary: mean ± std (``numpy.std``, ddof=0) over seeds per K, as JSON (``fewshot.json``) and a
+plot (``fewshot.png``).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import ExperimentConfig, load_experiment
+from .data.classification import VideoRecord, read_records
+from .errors import InputError, at
+from .experiment import build_labels, read_card_classes
+from .prompts import ClassList
+
+logger = logging.getLogger(__name__)
+
+PROBE_WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2, 1e-1)
+PROBE_DEFAULT_DECAY = 1e-3
+
+
+# --------------------------------------------------------------------------- K-shot splits
+
+def kshot_indices(labels: Sequence[int], classes: ClassList, k: int, seed: int,
+                  source: str = "the training split") -> list[int]:
+    """Indices (into ``labels``, sorted) of K videos per class, drawn with
+    ``default_rng([seed, k])``. A class with fewer than K videos is an InputError naming it."""
+    if k < 1:
+        raise InputError(f"--shots: K must be >= 1, got {k}")
+    by_class: list[list[int]] = [[] for _ in classes.names]
+    for i, label in enumerate(labels):
+        by_class[int(label)].append(i)
+    counts = [len(v) for v in by_class]
+    short = [c for c, n in enumerate(counts) if n < k]
+    if short:
+        smallest = min(short, key=lambda c: counts[c])
+        others = f" ({len(short) - 1} other classes too)" if len(short) > 1 else ""
+        raise InputError(f"{source}: class {classes.names[smallest]!r} has {counts[smallest]} "
+                         f"videos, fewer than K={k}{others}")
+    rng = np.random.default_rng([seed, k])
+    chosen = [members[j] for members in by_class
+              for j in rng.choice(len(members), size=k, replace=False)]
+    return sorted(int(i) for i in chosen)
+
+
+def split_text(records: Sequence[VideoRecord], classes: ClassList) -> str:
+    """The K-shot CSV: header ``path,label``, absolute paths, class names."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "label"])
+    for r in records:
+        writer.writerow([os.path.abspath(r.path), classes.names[r.label]])
+    return buf.getvalue()
+
+
+def read_split(path: Path, records: Sequence[VideoRecord]) -> list[int]:
+    """Indices into ``records`` of the videos a ``path,label`` split file names (paths absolute
+    or relative to the file's folder). A video not among ``records`` is an InputError."""
+    index = {os.path.abspath(r.path): i for i, r in enumerate(records)}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: cannot read split file ({err})") from None
+    chosen = []
+    for number, row in enumerate(csv.reader(lines), start=1):
+        if not row or (number == 1 and [c.strip().lower() for c in row] == ["path", "label"]):
+            continue
+        video = os.path.abspath(path.parent / row[0].strip())
+        if video not in index:
+            raise InputError(f"{at(path, number)}: video {row[0].strip()!r} is not in the "
+                             f"dataset's training split ({len(records)} videos)")
+        chosen.append(index[video])
+    if not chosen:
+        raise InputError(f"{path}: split file names no videos")
+    return sorted(chosen)
+
+
+def prepare_split(out_dir: Path, records: Sequence[VideoRecord], classes: ClassList, k: int,
+                  seed: int, source: str = "the training split",
+                  given: Path | None = None) -> tuple[Path, list[int]]:
+    """Write ``<out_dir>/splits/k{k}_seed{seed}.csv`` (main process) and check it on the others.
+
+    ``given``: a folder of ready-made split files to use instead of drawing (validated).
+    Returns the file and the chosen record indices. Collective under ``accelerate launch``.
+    """
+    from accelerate import PartialState
+
+    state = PartialState()
+    name = f"k{k}_seed{seed}.csv"
+    if given is not None:
+        chosen = read_split(given / name, records)
+    else:
+        chosen = kshot_indices([r.label for r in records], classes, k, seed, source)
+    text = split_text([records[i] for i in chosen], classes)
+    path = out_dir / "splits" / name
+    if state.is_main_process:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    state.wait_for_everyone()
+    if path.read_text() != text:
+        raise RuntimeError(f"{path}: process {state.process_index} computed another K-shot split "
+                           "than the main process wrote")
+    return path, chosen
+
+
+def kshot_config(cfg: ExperimentConfig, split: Path, run_dir: Path) -> ExperimentConfig:
+    """``cfg`` training on the K-shot ``split`` (card ``<name>_kshot``), evaluating as before."""
+    name = cfg.train.datasets[0]
+    card = dataclasses.replace(cfg.datasets[name], name=f"{name}_kshot", format="csv",
+                               root=str(split.parent), train=split.name, val=None, test=None,
+                               num_classes=None)
+    datasets = {**cfg.datasets, card.name: card}
+    return dataclasses.replace(
+        cfg, datasets=datasets, output_dir=str(run_dir),
+        train=dataclasses.replace(cfg.train, datasets=(card.name,)),
+        eval=dataclasses.replace(cfg.eval, datasets=cfg.eval_datasets))
+
+
+def _train_or_reuse(cfg: ExperimentConfig) -> dict[str, float]:
+    """Train ``cfg``; reuse a finished run with the same config, resume an interrupted one."""
+    from .train import train
+
+    run = Path(cfg.output_dir)
+    saved = run / "config.yaml"
+    same = saved.is_file() and load_experiment(saved) == cfg
+    if same and (run / "run.json").is_file():
+        final = json.loads((run / "run.json").read_text()).get("final_metrics")
+        if final:
+            logger.info("%s: finished run with the same config; reusing its metrics", run)
+            return final
+    resume = "latest" if same and (run / "checkpoints" / "latest").is_file() else None
+    return train(cfg, resume=resume)
+
+
+# --------------------------------------------------------------------------- linear probe
+
+def fit_linear_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float,
+                     max_iter: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression on features ``x`` [N, E], labels ``y`` [N] with L-BFGS;
+    loss = mean cross-entropy + weight_decay / 2 * |W|^2. Returns (W [C, E], b [C])."""
+    x = x.double()
+    w = torch.zeros(num_classes, x.shape[1], dtype=x.dtype, requires_grad=True)
+    b = torch.zeros(num_classes, dtype=x.dtype, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20,
+                            tolerance_grad=1e-9, tolerance_change=1e-12,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(x @ w.t() + b, y) + 0.5 * weight_decay * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return w.detach().float(), b.detach().float()
+
+
+def _accuracy(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
+    return 100.0 * ((x @ w.t() + b).argmax(dim=1) == y).float().mean().item() if len(y) else float("nan")
+
+
+def choose_weight_decay(x: torch.Tensor, y: torch.Tensor, num_classes: int, seed: int) -> float:
+    """2-fold cross-validation over ``PROBE_WEIGHT_DECAYS``, folds split within each class;
+    ties go to the larger decay. Fewer than 2 videos in some class: ``PROBE_DEFAULT_DECAY``."""
+    counts = torch.bincount(y, minlength=num_classes)
+    if int(counts[counts > 0].min()) < 2:
+        return PROBE_DEFAULT_DECAY
+    rng = np.random.default_rng([seed, len(y), 1])
+    fold = torch.zeros(len(y), dtype=torch.long)
+    for c in range(num_classes):
+        members = (y == c).nonzero().flatten().numpy()
+        fold[rng.permutation(members)[1::2]] = 1
+    best, best_acc = PROBE_DEFAULT_DECAY, -1.0
+    for wd in PROBE_WEIGHT_DECAYS:
+        acc = np.mean([_accuracy(*fit_linear_probe(x[fold != f], y[fold != f], num_classes, wd),
+                                 x[fold == f], y[fold == f]) for f in (0, 1)])
+        if acc >= best_acc:
+            best, best_acc = wd, acc
+    return best
+
+
+def probe_features(cfg: ExperimentConfig, name: str, out: Path, weights: str | None = None
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Frozen-encoder features of dataset ``name``: (train split, evaluation split), each
+    ``{"x": [N, E] normalised, "label": [N], "valid": [N]}``. Cached in ``<out>/features``."""
+    from . import checkpoint
+    from .cache import FeatureCache, cached_features, model_fingerprint
+    from .experiment import build_dataset, build_video_model
+    from .train import make_accelerator
+
+    accelerator = make_accelerator(cfg, None)
+    labels = build_labels(cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)  # the same initial weights as the fine-tuning runs
+        model = build_video_model(cfg, labels)
+    if weights:
+        checkpoint.load_weights(model, checkpoint.resolve(weights))
+    model = accelerator.prepare(model)
+    base = accelerator.unwrap_model(model)
+    store, model_id = FeatureCache(out / "features"), model_fingerprint(base, cfg.model)
+    card, out_feats = cfg.datasets[name], []
+    for split in ("train", cfg.eval.split):
+        ds = build_dataset(card, split, labels.classes[name], base.backbone, train=False,
+                           seed=cfg.train.seed)
+        feats, _ = cached_features(accelerator, model, ds, cfg.eval.batch_size,
+                                   cfg.train.num_workers, store, model_id, desc=f"probe {split}")
+        x = F.normalize(feats["emb"].mean(dim=1), dim=-1)
+        out_feats.append({"x": x, "label": feats["label"], "valid": feats["valid"]})
+    return out_feats[0], out_feats[1]
+
+
+def linear_probe(train_feats: dict[str, torch.Tensor], eval_feats: dict[str, torch.Tensor],
+                 chosen: list[int], num_classes: int, seed: int) -> dict[str, float]:
+    """Fit on the ``chosen`` training rows (unreadable ones dropped), top-1 on the evaluation
+    split's readable videos."""
+    rows = torch.tensor(chosen, dtype=torch.long)
+    rows = rows[train_feats["valid"][rows]]
+    x, y = train_feats["x"][rows], train_feats["label"][rows]
+    wd = choose_weight_decay(x, y, num_classes, seed)
+    w, b = fit_linear_probe(x, y, num_classes, wd)
+    ok = eval_feats["valid"]
+    return {"top1": _accuracy(w, b, eval_feats["x"][ok], eval_feats["label"][ok]),
+            "weight_decay": wd, "train_videos": int(len(rows)), "count": int(ok.sum())}
+
+
+# --------------------------------------------------------------------------- the protocol
+
+def summarize(runs: list[dict], key: str) -> dict[str, dict[str, float]]:
+    """Per K: mean, std (ddof=0) and n of ``run[key]`` over seeds (runs lacking it skipped)."""
+    by_k: dict[int, list[float]] = {}
+    for run in runs:
+        if run.get(key) is not None:
+            by_k.setdefault(run["k"], []).append(float(run[key]))
+    return {str(k): {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)}
+            for k, v in sorted(by_k.items())}
+
+
+def plot_fewshot(summary: dict[str, dict[str, dict[str, float]]], path: Path, title: str) -> Path:
+    """Accuracy vs K with ±std error bars, one line per method (matplotlib, Agg)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for method, per_k in summary.items():
+        if not per_k:
+            continue
+        ks = [int(k) for k in per_k]
+        ax.errorbar(ks, [per_k[str(k)]["mean"] for k in ks], yerr=[per_k[str(k)]["std"] for k in ks],
+                    marker="o", capsize=3, label=method)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted({int(k) for per_k in summary.values() for k in per_k}))
+    ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_xlabel("K (videos per class)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def few_shot(cfg: ExperimentConfig, shots: Sequence[int], seeds: Sequence[int], out: Path,
+             finetune: bool = True, probe: bool = False, probe_weights: str | None = None,
+             splits_from: Path | None = None, splits_only: bool = False) -> dict:
+    """The few-shot protocol (module docstring) for ``cfg``'s training dataset.
+
+    Returns (and writes to ``<out>/fewshot.json``, main process) ``{"runs": [...], "summary":
+    {"finetune": {K: {mean, std, n}}, "probe": ...}, ...}``; the metric is the evaluation
+    dataset's top-1 (the first evaluation dataset's when there are several).
+    """
+    from accelerate import PartialState
+
+    if len(cfg.train.datasets) != 1:
+        raise InputError("few-shot: train.datasets must name exactly one dataset")
+    name = cfg.train.datasets[0]
+    card = cfg.datasets[name]
+    if card.task != "classification":
+        raise InputError(f"few-shot: dataset {name} is a {card.task} dataset; K-shot splits are "
+                         "drawn per class of a classification dataset")
+    classes = read_card_classes(card)
+    records = read_records(card, "train", classes)
+    metric = f"{cfg.eval_datasets[0]}/top1"
+    out.mkdir(parents=True, exist_ok=True)
+    feats = probe_features(cfg, name, out, probe_weights) if probe and not splits_only else None
+    runs = []
+    for k in shots:
+        for seed in seeds:
+            split, chosen = prepare_split(out, records, classes, k, seed,
+                                          f"dataset {name} ({card.split_file('train')})", splits_from)
+            run = {"k": k, "seed": seed, "split": str(split), "videos": len(chosen)}
+            if finetune and not splits_only:
+                metrics = _train_or_reuse(kshot_config(cfg, split, out / f"k{k}_seed{seed}"))
+                run.update(finetune=metrics.get(metric), metrics=metrics,
+                           run_dir=str(out / f"k{k}_seed{seed}"))
+            if feats is not None:
+                run["probe_detail"] = linear_probe(*feats, chosen, len(classes), seed)
+                run["probe"] = run["probe_detail"]["top1"]
+            runs.append(run)
+    result = {"dataset": name, "metric": metric, "shots": list(shots), "seeds": list(seeds),
+              "std": "numpy.std over seeds (ddof=0)", "runs": runs,
+              "summary": {m: summarize(runs, m) for m in ("finetune", "probe")
+                          if any(m in r for r in runs)}}
+    if PartialState().is_main_process:
+        (out / "fewshot.json").write_text(json.dumps(result, indent=2))
+        if result["summary"]:
+            result["plot"] = str(plot_fewshot(result["summary"], out / "fewshot.png",
+                                              f"{name}: few-shot ({metric})"))
+    return result

@@ -1,0 +1,126 @@
+"""Dataset mixtures: which dataset each training step draws (co-finetuning, Arnab et al. 2022),
+and the sequential transfer-learning baseline with the same per-dataset step counts.
+
+The whole schedule is drawn up front from ``train.seed``, so every process of a distributed run
+picks the same dataset at the same step, and a resumed run knows how far each dataset got.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import ExperimentConfig
+from .errors import InputError
+
+logger = logging.getLogger(__name__)
+
+SAMPLING = ("proportional", "uniform", "temperature", "weights")
+SCHEDULES = ("cofinetune", "sequential")
+
+
+def check_mixture(cfg: ExperimentConfig, where: str) -> None:
+    """Config-level checks of the mixture keys (run when the config is loaded)."""
+    t = cfg.train
+    names = t.datasets
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise InputError(f"{where}: train.datasets names {dup!r} twice")
+    if t.sampling not in SAMPLING:
+        raise InputError(f"{where}: train.sampling must be one of {SAMPLING}, got {t.sampling!r}")
+    if t.schedule not in SCHEDULES:
+        raise InputError(f"{where}: train.schedule must be one of {SCHEDULES}, got {t.schedule!r}")
+    for key in ("weights", "loss_weights", "step_budgets", "downstream"):
+        for name in getattr(t, key):
+            if name not in names:
+                raise InputError(f"{where}: train.{key} names {name!r}, which is not in train.datasets "
+                                 f"({', '.join(names) or 'empty'})")
+    for key in ("weights", "loss_weights", "step_budgets"):
+        for name, value in getattr(t, key).items():
+            if value < 0:
+                raise InputError(f"{where}: train.{key}.{name} is negative ({value})")
+    if t.sampling == "weights":
+        if set(t.weights) != set(names):
+            missing = sorted(set(names) - set(t.weights))
+            raise InputError(f"{where}: train.sampling=weights needs train.weights for every dataset "
+                             f"(missing: {', '.join(missing)})")
+        if sum(t.weights.values()) <= 0:
+            raise InputError(f"{where}: train.weights are all zero")
+    if t.sampling == "temperature" and t.temperature <= 0:
+        raise InputError(f"{where}: train.temperature must be > 0")
+    if t.schedule == "sequential" and not (t.downstream and set(t.downstream) < set(names)):
+        raise InputError(f"{where}: train.schedule=sequential needs train.downstream: the datasets "
+                         f"trained last (a proper subset of train.datasets)")
+    frames = {n: cfg.datasets[n].num_frames for n in names if n in cfg.datasets}
+    if len(set(frames.values())) > 1:
+        raise InputError(f"{where}: datasets of one mixture must use the same num_frames (the temporal "
+                         f"module's position embeddings are shared): {frames}")
+
+
+def mixture_weights(cfg: ExperimentConfig, sizes: dict[str, int]) -> dict[str, float]:
+    """Normalised sampling probability of each training dataset."""
+    t = cfg.train
+    if t.sampling == "uniform":
+        raw = {n: 1.0 for n in t.datasets}
+    elif t.sampling == "proportional":
+        raw = {n: float(sizes[n]) for n in t.datasets}
+    elif t.sampling == "temperature":
+        raw = {n: float(sizes[n]) ** (1.0 / t.temperature) for n in t.datasets}
+    else:
+        raw = {n: float(t.weights[n]) for n in t.datasets}
+    total = sum(raw.values())
+    if total <= 0:
+        raise InputError("train: the mixture weights are all zero (empty datasets?)")
+    return {n: w / total for n, w in raw.items()}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The dataset of every step; ``names[schedule[s]]`` is trained at step s."""
+    names: tuple[str, ...]
+    weights: dict[str, float]
+    schedule: np.ndarray  # [steps] int
+
+    def counts(self, upto: int | None = None) -> dict[str, int]:
+        """Steps each dataset takes in ``schedule[:upto]``."""
+        part = self.schedule[:upto]
+        return {n: int((part == i).sum()) for i, n in enumerate(self.names)}
+
+    def table(self) -> str:
+        counts = self.counts()
+        lines = [f"{'dataset':<20} {'weight':>8} {'steps':>8}"]
+        lines += [f"{n:<20} {self.weights[n]:8.3f} {counts[n]:8d}" for n in self.names]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"weights": self.weights, "steps": self.counts(),
+                "order": [self.names[i] for i in self.schedule[:50]]}
+
+
+def plan(cfg: ExperimentConfig, sizes: dict[str, int]) -> Plan:
+    """Draw the dataset of each of ``train.steps`` steps (budgets respected), then reorder for the
+    sequential schedule: upstream steps first (in drawn order), downstream last."""
+    t = cfg.train
+    names = t.datasets
+    weights = mixture_weights(cfg, sizes)
+    rng = np.random.default_rng([t.seed, 1_000_003])
+    p = np.array([weights[n] for n in names])
+    budget = np.array([t.step_budgets.get(n, t.steps) for n in names], dtype=np.int64)
+    if budget.sum() < t.steps:
+        raise InputError(f"train.step_budgets add up to {budget.sum()}, fewer than train.steps={t.steps}")
+    taken = np.zeros(len(names), dtype=np.int64)
+    schedule = np.empty(t.steps, dtype=np.int64)
+    draws = rng.random(t.steps)
+    for step in range(t.steps):
+        q = np.where(taken < budget, p, 0.0)
+        if q.sum() <= 0:  # only datasets with zero weight have budget left
+            q = (taken < budget).astype(float)
+        i = int(np.searchsorted(np.cumsum(q / q.sum()), draws[step], side="right"))
+        i = min(i, len(names) - 1)
+        schedule[step] = i
+        taken[i] += 1
+    if t.schedule == "sequential":
+        down = np.isin(schedule, [names.index(n) for n in t.downstream])
+        schedule = np.concatenate([schedule[~down], schedule[down]])
+    return Plan(tuple(names), weights, schedule)
