@@ -26,12 +26,17 @@ def test_shapes_and_initial_prior():
     token_map, boxes, box_batch = _inputs()
     emb = head(token_map, boxes, box_batch)
     assert emb.shape == (3, 8)
-    logits = head.logits(emb, torch.randn(5, 8))
+    text = torch.randn(5, 8)
+    logits = head.logits(emb, text)
     assert logits.shape == (3, 5)
     assert torch.sigmoid(head.logit_bias).item() == pytest.approx(0.02, rel=1e-5)
     assert head.logit_scale.exp().item() == pytest.approx(10.0, rel=1e-5)
     # logits = scale * cos + bias, cos within [-1, 1]
     assert ((logits - head.logit_bias).abs() <= 10.0 + 1e-4).all()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # float32 logits under mixed precision
+        low = head.logits(head(token_map.bfloat16(), boxes, box_batch), text)
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, logits, atol=0.15, rtol=0)
 
 
 def test_gradients_reach_token_map_and_head():

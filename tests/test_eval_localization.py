@@ -12,14 +12,11 @@ import torch
 import torch.nn as nn
 from accelerate import Accelerator
 
-from vlcofit.config import ModelConfig
-from vlcofit.data.ava_formats import (AvaTable, make_key, read_detections, write_groundtruth,
-                                      write_labelmap_pbtxt)
-from vlcofit.eval_localization import (class_counts, class_groups, detections_table,
-                                       evaluate_localization)
+from vlcofit.data.ava_formats import (AvaTable, make_key, read_detections, write_detections,
+                                      write_groundtruth, write_labelmap_pbtxt)
+from vlcofit.eval_localization import (class_groups, detections_table,
+                                       evaluate_localization, extract_box_scores)
 from vlcofit.metrics import ava
-from vlcofit.models.boxes import BoxHead
-from vlcofit.models.video import build_model
 from vlcofit.prompts import ClassList
 
 LABELMAP = {1: "stand", 3: "sit", 5: "walk", 7: "talk to"}
@@ -119,6 +116,12 @@ class StandIn(nn.Module):
     def class_matrix(self):
         return self.text
 
+    def box_logits(self, token_map, boxes, box_batch, rows=None, text=None, context=None):
+        # what VideoCLIP.box_logits does with a BoxHead
+        if text is None:
+            text = self.class_matrix() if rows is None else self.class_matrix()[rows]
+        return self.box_head.logits(self.box_head(token_map, boxes, box_batch, context), text)
+
 
 @pytest.fixture(scope="module")
 def accelerator():
@@ -176,24 +179,20 @@ def test_groups_follow_train_counts(accelerator, tmp_path):
     out = run_eval(accelerator, StandIn(PerfectHead()), tmp_path, train_counts=TRAIN_COUNTS,
                    thresholds=(60, 70), out_dir=None)
     assert np.isnan(out["ava/mAP_mid"]) and out["ava/mAP_head"] == 100.0
+    (tmp_path / "nocounts").mkdir()
     out = run_eval(accelerator, StandIn(PerfectHead()), tmp_path / "nocounts")
     assert out["ava/mAP"] == 100.0 and all(np.isnan(out[f"ava/mAP_{g}"]) for g in ("head", "mid", "tail"))
     assert list(class_groups(np.array([0, 99, 100, 999, 1000]))) == ["tail", "tail", "mid", "mid", "head"]
 
 
-def test_class_counts():
-    table = AvaTable.from_arrays([("v", 1)], [0, 0, 0, 0], [[0, 0, 1, 1]] * 4, [1, 1, 7, 42])
-    assert class_counts(table, CLASSES).tolist() == [2, 0, 0, 1, 0]
-
-
 def test_prepared_loader_keeps_all_rows_of_the_last_sample(accelerator, tmp_path):
-    # 5 readable keyframes in batches of 2: the last batch holds 1 sample with 4 boxes, and
+    # 5 readable keyframes in batches of 2: the last batch holds 1 sample with 2 boxes, and
     # gather_for_metrics cuts the last batch to 1 element: one element per sample is required
     data = [s for s in samples() if s["key"] != UNREADABLE]
     loader = accelerator.prepare(torch.utils.data.DataLoader(data, batch_size=2, collate_fn=collate))
     out = run_eval(accelerator, StandIn(PerfectHead()), tmp_path, loader=loader)
     assert out["ava/keyframes"] == 5.0 and out["ava/unreadable"] == 0.0
-    assert out["ava/mAP"] == pytest.approx(100.0 * (3 + 0.5) / 4)  # B904's person missed (stand: AP 1/2)
+    assert out["ava/mAP"] == pytest.approx(100.0 * (3 + 0.75) / 4)  # B904 missed: stand finds 3 of 4
     det = read_detections(tmp_path / "eval" / "ava_detections.csv")
     last = det.keys.index(data[-1]["key"])
     assert (det.key_index == last).sum() == len(data[-1]["boxes"]) * 4
@@ -204,33 +203,58 @@ def test_max_batches_scores_only_the_keyframes_seen(accelerator, tmp_path):
     assert out["ava/keyframes"] == 2.0 and out["ava/mAP"] == 100.0
 
 
-def test_top50_cut_gives_the_official_result():
-    rng = np.random.default_rng(0)
+def _random_keyframes(rng, ties: bool):
     keys = [("v", t) for t in range(902, 922)]
     records, gt_rows = [], []
     for k, key in enumerate(keys):
         n = int(rng.integers(8, 20))  # 8-19 boxes x 4 classes: 32-76 rows, many over 50
         xy = rng.uniform(0, 0.5, (n, 2))
         boxes = np.hstack([xy, xy + rng.uniform(0.1, 0.5, (n, 2))])
-        scores = np.round(rng.uniform(0, 1, (n, len(CLASSES))) * 8) / 8  # many ties
-        records.append((make_key(*key), True, boxes, scores.astype(np.float32)))
+        scores = rng.uniform(0, 1, (n, len(CLASSES)))
+        if ties:
+            scores = np.round(scores * 8) / 8
+        records.append((make_key(*key), True, boxes, scores))
         for j in rng.choice(n, 3, replace=False):
             gt_rows.append((k, boxes[j], int(rng.choice(list(LABELMAP)))))
     gt = AvaTable.from_arrays(keys, [r[0] for r in gt_rows], [r[1] for r in gt_rows],
                               [r[2] for r in gt_rows])
+    return records, gt
+
+
+def test_top50_cut_gives_the_official_result(tmp_path):
+    records, gt = _random_keyframes(np.random.default_rng(0), ties=False)
     capped, _ = detections_table(records, CLASSES, LABELMAP)
     full, _ = detections_table(records, CLASSES, LABELMAP, cap=10**9)
-    assert len(capped) < len(full)
-    per_key = np.bincount(capped.key_index)
-    assert per_key.min() >= min(50, 8 * 4) and (per_key > 50).any()  # ties at the cut kept
+    assert len(capped) < len(full) and np.bincount(capped.key_index).max() == 50
     a, b = ava.evaluate(LABELMAP, gt, capped), ava.evaluate(LABELMAP, gt, full)
     assert a == b and 0 < a["mAP"] < 1
+    # the table holds exactly what the CSV holds: evaluating it equals evaluating the file
+    write_detections(tmp_path / "det.csv", capped)
+    back = read_detections(tmp_path / "det.csv")
+    assert back.keys == capped.keys and np.array_equal(back.key_index, capped.key_index)
+    for col in ("boxes", "labels", "scores"):
+        assert np.array_equal(getattr(back, col), getattr(capped, col)), col
+    assert ava.evaluate(LABELMAP, gt, back) == a
+    # rows tied at the cut are all kept (the official heap decides between them)
+    records, gt = _random_keyframes(np.random.default_rng(0), ties=True)
+    capped, _ = detections_table(records, CLASSES, LABELMAP)
+    per_key = np.bincount(capped.key_index)
+    assert per_key.min() >= 8 * 4 and (per_key > 50).any()
+    for k, (_, _, _, scores) in enumerate(records):
+        flat = np.sort(scores[:, :4].ravel())[::-1]
+        assert per_key[k] == (flat >= flat[min(49, len(flat) - 1)]).sum()
 
 
 def test_with_tiny_video_clip_and_box_head(accelerator, tmp_path):
+    # imported here: the two-process script imports this module and needs neither
+    from vlcofit.config import ModelConfig
+    from vlcofit.models.boxes import BoxHead
+    from vlcofit.models.video import build_model
+
     torch.manual_seed(0)
     model = build_model(ModelConfig(name="tiny"), list(CLASSES.names), [("a person {}.",)] * 5)
-    model.box_head = BoxHead(model.backbone.width, model.backbone.embed_dim)
+    # VideoCLIP.box_logits passes no clip context yet: a head without it
+    model.box_head = BoxHead(model.backbone.width, model.backbone.embed_dim, context=False)
     loader = [{**b, "video": torch.randn(len(b["keys"]), 2, 3, 64, 64)}
               for b in (collate(samples()[i:i + 2]) for i in range(0, len(GT), 2))]
     out = run_eval(accelerator, model, tmp_path, loader=loader, train_counts=TRAIN_COUNTS)
@@ -239,7 +263,29 @@ def test_with_tiny_video_clip_and_box_head(accelerator, tmp_path):
     assert 0.0 < out["ava/mAP"] <= 100.0 and out["ava/keyframes"] == 5.0
     det = read_detections(tmp_path / "eval" / "ava_detections.csv")
     assert len(det) == 13 * 4 and ((det.scores > 0) & (det.scores < 1)).all()
+    write_labelmap_pbtxt(tmp_path / "labelmap.pbtxt", LABELMAP)
+    (tmp_path / "excl.csv").write_text("vidB,0904\n")  # the unreadable keyframe
+    official = ava.evaluate_files(tmp_path / "labelmap.pbtxt", tmp_path / "gt.csv",
+                                  tmp_path / "eval" / "ava_detections.csv", tmp_path / "excl.csv")
+    assert out["ava/mAP"] == 100.0 * official["mAP"]
     assert model.training  # evaluation restores the mode
+
+
+def test_real_box_head_gets_the_clip_context(accelerator, tmp_path):
+    from vlcofit.models.boxes import BoxHead
+    torch.manual_seed(0)
+    head = BoxHead(4, 6)
+    with torch.no_grad():
+        head.proj.weight.zero_()  # the RoI branch adds nothing: scores come from the context
+        head.proj.bias.zero_()
+    out = run_eval(accelerator, StandIn(head), tmp_path)
+    det = read_detections(tmp_path / "eval" / "ava_detections.csv")
+    # stand-in context of sample i is the constant vector i (0 for A902): equal cosines per clip
+    scores = {key: det.scores[det.key_index == k] for k, key in enumerate(det.keys)}
+    assert np.ptp(scores[("vidA", 903)]) > 0  # differs across classes ...
+    first = scores[("vidA", 903)][:4]
+    assert np.allclose(scores[("vidA", 903)].reshape(-1, 4), first)  # ... not across boxes
+    assert out["ava/keyframes"] == 5.0
 
 
 SCRIPT = """
@@ -253,10 +299,12 @@ acc = Accelerator(cpu=True)
 data = [s for s in T.samples() if s["key"] != T.UNREADABLE]
 loader = acc.prepare(torch.utils.data.DataLoader(data, batch_size=2, collate_fn=T.collate))
 tmp = Path({tmp!r})
-out = T.evaluate_localization(acc, T.StandIn(T.PerfectHead()), loader, "ava",
-                              torch.arange(5), T.CLASSES, tmp / "gt.csv", T.LABELMAP,
-                              out_dir=tmp / "eval")
-(tmp / f"rank{{acc.process_index}}.json").write_text(json.dumps([acc.num_processes, out]))
+model = T.StandIn(T.PerfectHead())
+out = T.evaluate_localization(acc, model, loader, "ava", torch.arange(5), T.CLASSES,
+                              tmp / "gt.csv", T.LABELMAP, out_dir=tmp / "eval")
+records, _ = T.extract_box_scores(acc, model, loader, model.class_matrix())
+keys = [list(r[0]) for r in records]
+(tmp / f"rank{{acc.process_index}}.json").write_text(json.dumps([acc.num_processes, out, keys]))
 """
 
 
@@ -272,10 +320,35 @@ def test_two_processes_gather_every_sample_once(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert results[0] == results[1]  # both processes see the main process's metrics
-    world, out = results[0]
+    world, out, keys = results[0]
     assert world == 2
+    assert keys == [list(s["key"]) for s in samples() if s["key"] != UNREADABLE]
     # 5 samples on 2 processes x batch 2: the last global batch is padded with repeats
     assert out["ava/keyframes"] == 5.0
-    assert out["ava/mAP"] == pytest.approx(100.0 * (3 + 0.5) / 4)
+    assert out["ava/mAP"] == pytest.approx(100.0 * (3 + 0.75) / 4)
     det = read_detections(tmp_path / "eval" / "ava_detections.csv")
     assert len(det) == 13 * 4
+
+
+def test_detections_table_edge_cases(caplog):
+    box = np.array([[0.1, 0.1, 0.5, 0.5]])
+    records = [(("v", 1), True, box, np.array([[np.nan, 0.3, 0.2, 0.1, 0.9]])),
+               (("v", 2), False, box, np.zeros((1, 5))),
+               (("v", 1), True, box, np.ones((1, 5))),  # a repeat: ignored
+               (("v", 3), True, np.array([[-0.0004, 0.1, 1.0004, 0.4]]), np.full((1, 5), 0.5))]
+    table, unreadable = detections_table(records, CLASSES, LABELMAP)
+    assert unreadable == {("v", 2)} and table.keys == [("v", 1), ("v", 3)]
+    assert table.scores.tolist() == [0.0, 0.3, 0.2, 0.1] + [0.5] * 4  # NaN scored 0, id 9 left out
+    assert table.labels.tolist() == [1, 3, 5, 7] * 2
+    assert table.boxes[-1].tolist() == [0.0, 0.1, 1.0, 0.4]  # clipped to the frame
+    assert "repeated keyframes" in caplog.text and "non-finite" in caplog.text
+
+
+def test_bad_ground_truth_is_an_input_error(accelerator, tmp_path):
+    from vlcofit.errors import InputError
+    bad = tmp_path / "gt.csv"
+    loader = [collate(samples()[:2])]
+    bad.write_text("vidA,0902,0.1,0.1,0.4,0.9,1,0\nvidA,0902,0.1,0.1,1.7,0.9,3,0\n")
+    with pytest.raises(InputError, match="gt.csv:2"):
+        evaluate_localization(accelerator, StandIn(PerfectHead()), loader, "ava",
+                              torch.arange(len(CLASSES)), CLASSES, bad, LABELMAP)

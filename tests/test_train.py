@@ -130,3 +130,21 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.strip() == f"vlcofit: error: {bad}.train.steps: expected int, got 'lots'"
     assert "Traceback" not in err
+
+
+def test_init_from_a_checkpoint(demo_data, tmp_path):
+    first = small_config(demo_data, tmp_path / "first", "open_clip", "train.eval_every=0")
+    train(first)
+    # lr 0: the one step changes nothing, so the saved weights are the loaded ones
+    second = small_config(demo_data, tmp_path / "second", "open_clip", "train.eval_every=0",
+                          "train.steps=1", "train.lr=0", "train.lr_new=0",
+                          f"model.init_from={tmp_path / 'first'}")
+    train(second)
+    a = load_file(tmp_path / "first" / "checkpoints" / "step_000004" / "model.safetensors")
+    b = load_file(tmp_path / "second" / "checkpoints" / "step_000001" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+    bad = small_config(demo_data, tmp_path / "bad", "hf", f"model.init_from={tmp_path / 'first'}")
+    with pytest.raises(InputError, match="no backbone weights fit this model"):
+        train(bad)

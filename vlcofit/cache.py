@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import DatasetCard, ModelConfig
@@ -129,7 +130,7 @@ class FeatureCache:
             return None
         try:
             tensors = load_file(str(tensor_path))
-        except (OSError, ValueError, RuntimeError) as err:  # safetensors raises SafetensorError
+        except (OSError, SafetensorError) as err:
             logger.warning("%s: unreadable cache entry (%s); recomputing", tensor_path, err)
             return None
         emb, valid = tensors.get("emb"), tensors.get("valid")

@@ -111,6 +111,25 @@ def load_weights(model: nn.Module, ckpt: Path) -> None:
                          f"model config or label space?")
 
 
+def load_matching(model: nn.Module, ckpt: Path) -> list[str]:
+    """Initialise ``model`` from a checkpoint: tensors whose name and shape match are loaded;
+    returns the names left at their initial values (e.g. a linear head of another label space)."""
+    from safetensors.torch import load_file
+
+    file = ckpt if ckpt.suffix == ".safetensors" else ckpt / "model.safetensors"
+    saved = load_file(str(file))
+    own = model.state_dict()
+    take = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
+    if not any(k.startswith("backbone.") for k in take):
+        raise InputError(f"{file}: no backbone weights fit this model (another model config?)")
+    model.load_state_dict(take, strict=False)
+    skipped = sorted(set(own) - set(take))
+    if skipped:
+        logger.warning("%s: %d tensors not loaded (kept their initial values): %s", file,
+                       len(skipped), ", ".join(skipped[:5]))
+    return skipped
+
+
 def load(accelerator, model: nn.Module, optimizer, scheduler, ckpt: Path) -> int:
     """Restore everything :func:`save` wrote; returns the step to continue from."""
     load_weights(accelerator.unwrap_model(model), ckpt)

@@ -25,8 +25,11 @@ def _print_table(metrics: dict[str, float], title: str) -> None:
 
 def cmd_demo(args) -> None:
     from .runs import run_demo
-    metrics, run_dir = run_demo(Path(args.out), args.set, fresh=not args.keep)
-    _print_table(metrics, "demo: synthetic motion classes (chance = 12.5 % top-1)")
+    metrics, run_dir = run_demo(Path(args.out), args.set, args.which, fresh=not args.keep)
+    titles = {"classification": "demo: 8 synthetic motion classes (chance = 12.5 % top-1)",
+              "localization": "demo: synthetic AVA-format localisation (frame-mAP@0.5, %)",
+              "cofinetune": "demo: co-finetuning motion classification + localisation"}
+    _print_table(metrics, titles[args.which])
     print(f"\nrun folder: {run_dir}")
 
 
@@ -53,19 +56,97 @@ def cmd_eval(args) -> None:
         print(f"\nper-class accuracy and metrics: {out}")
 
 
-def cmd_zero_shot(args) -> None:
+def _model_config(args):
     from .config import ModelConfig
-    from .runs import zero_shot
-    model = ModelConfig(backbone=args.backbone, name=args.model, pretrained=args.pretrained,
-                        temporal="mean", cache_dir=args.cache_dir)
+    pretrained = None if (args.pretrained or "").lower() in ("", "none") else args.pretrained
+    return ModelConfig(backbone=args.backbone, name=args.model, pretrained=pretrained,
+                       temporal="mean", cache_dir=args.cache_dir)
+
+
+def _feature_cache(args):
+    return None if args.no_feature_cache else (args.feature_cache or "auto")
+
+
+def cmd_zero_shot(args) -> None:
+    from .zeroshot import format_table, run_zero_shot
+    modes = ("ensemble", "single") if args.template_mode == "both" else (args.template_mode,)
     out = Path(args.out) if args.out else None
-    metrics = zero_shot(model, args.data, args.prompts, args.templates, split=args.split,
-                        weights=args.weights, num_frames=args.frames, batch_size=args.batch_size,
-                        out=out)
+    result = run_zero_shot(
+        _model_config(args), args.data, args.prompts, args.templates, split=args.split,
+        weights=args.weights, num_frames=args.frames, batch_size=args.batch_size,
+        num_workers=args.workers, out=out, protocols=args.protocol or ["full"],
+        template_modes=modes, template_index=args.template_index, half_draws=args.half_draws,
+        half_seed=args.half_seed, cache=_feature_cache(args))
     if _is_main():
-        _print_table(metrics, "zero-shot")
+        if args.json:
+            print(json.dumps(result.to_json(), indent=2))
+            return
+        print(format_table(result))
         if out:
             print(f"\nresults: {out}")
+
+
+def cmd_few_shot(args) -> None:
+    from .config import load_experiment
+    from .fewshot import few_shot, format_table
+    cfg = load_experiment(args.config, args.set)
+    shots = _int_list(args.shots, "--shots")
+    seeds = _int_list(args.seed_list, "--seed-list") if args.seed_list else list(range(args.seeds))
+    out = Path(args.out)
+    result = few_shot(cfg, shots, seeds, out, finetune=not args.probe_only,
+                      probe=args.probe or args.probe_only, probe_weights=args.probe_checkpoint,
+                      splits_from=Path(args.splits) if args.splits else None,
+                      splits_only=args.splits_only)
+    if _is_main():
+        if result["summary"]:
+            print(format_table(result))
+        print(f"\nsplit files: {out / 'splits'}\nresults: {out / 'fewshot.json'}"
+              + (f", {result['plot']}" if result.get("plot") else ""))
+
+
+def cmd_predict(args) -> None:
+    from .predict import format_predictions, load_predictor, predict_boxes, predict_videos
+    predictor = load_predictor(
+        args.checkpoint, None if args.checkpoint else _model_config(args), config=args.config,
+        num_frames=args.frames, sampling=args.sampling, frame_stride=args.stride,
+        clips=args.clips, crops=args.crops, decoder=args.decoder)
+    if args.boxes:
+        if args.videos:
+            raise InputError("predict: with --boxes the videos come from the boxes file; "
+                             "give no VIDEO arguments")
+        entries = predict_boxes(predictor, args.boxes, args.labels, args.templates, args.top_k,
+                                args.batch_size)
+    else:
+        entries = predict_videos(predictor, args.videos, args.labels, args.templates, args.top_k,
+                                 args.batch_size, args.workers)
+    if _is_main():
+        print(json.dumps(entries, indent=2) if args.json else format_predictions(entries))
+    failed = [e for e in entries if "error" in e]
+    if failed:
+        what = "boxes" if args.boxes else "videos"
+        raise InputError(f"{len(failed)} of {len(entries)} {what} could not be read, e.g. "
+                         f"{failed[0]['video']}: {failed[0]['error']}")
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"{flag}: expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise InputError(f"{flag}: no values given")
+    return values
+
+
+def cmd_compare(args) -> None:
+    from .compare import compare, format_table
+    seeds = [int(s) for s in args.seeds.split(",")]
+    out = Path(args.out)
+    report = compare(args.config, args.set, seeds, out)
+    if _is_main():
+        summary = {s: {k: (v["mean"], v["std"]) for k, v in m.items()} for s, m in report["summary"].items()}
+        print(format_table(summary, list(next(iter(summary.values()))), len(seeds)))
+        print(f"comparison: {out / 'comparison.md'}, {out / 'comparison.png'}")
 
 
 def cmd_ava_eval(args) -> None:
@@ -87,12 +168,32 @@ def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def _add_model_args(p: argparse.ArgumentParser, required: bool, pretrained: str | None = None) -> None:
+    p.add_argument("--model", required=required, default=None if required else "ViT-B-16",
+                   help="open_clip architecture / model JSON, or HF id/folder" +
+                   ("" if required else " (default ViT-B-16)"))
+    p.add_argument("--backbone", choices=["open_clip", "hf"], default="open_clip")
+    p.add_argument("--pretrained", default=pretrained,
+                   help="open_clip pretrained tag or local weights file" +
+                   (f" (default {pretrained}; 'none' for random weights)" if pretrained else ""))
+    p.add_argument("--cache-dir", default=None, help="where hub downloads go")
+
+
+def _add_cache_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--feature-cache", default=None,
+                   help="feature-cache folder (default: <run>/features or ~/.cache/vlcofit/features)")
+    p.add_argument("--no-feature-cache", action="store_true", help="neither read nor write cached features")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vlcofit", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     set_help = "override a config value, e.g. --set train.steps=100 (repeatable)"
 
     d = sub.add_parser("demo", help="generate synthetic videos, train and evaluate a tiny model")
+    d.add_argument("which", nargs="?", default="classification",
+                   choices=["classification", "localization", "cofinetune"],
+                   help="which built-in demo (default: classification)")
     d.add_argument("--out", default="runs/demo", help="folder for the data and the run")
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     d.add_argument("--keep", action="store_true", help="keep an existing demo run (resume it)")
@@ -113,20 +214,77 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     e.set_defaults(func=cmd_eval)
 
-    z = sub.add_parser("zero-shot", help="score labelled videos against any prompt file")
-    z.add_argument("--model", required=True, help="open_clip architecture / model JSON, or HF id/folder")
-    z.add_argument("--backbone", choices=["open_clip", "hf"], default="open_clip")
-    z.add_argument("--pretrained", default=None, help="open_clip pretrained tag or local weights file")
+    z = sub.add_parser("zero-shot", help="score labelled videos against any prompt file, "
+                       "under zero-shot protocols")
+    _add_model_args(z, required=True)
     z.add_argument("--weights", default=None, help="a vlcofit checkpoint or run folder to load")
     z.add_argument("--data", required=True, help="dataset card, or a path,label CSV manifest")
     z.add_argument("--split", default="val")
     z.add_argument("--prompts", required=True, help="class-name prompt file (path or shipped name)")
     z.add_argument("--templates", default=None, help="template file (default: the card's, or text4vis)")
+    z.add_argument("--protocol", action="append", default=[],
+                   help="full (default), half (random 50%% class subsets), k600-novel, base2novel, "
+                        "or a split file (prompts/splits name or path); repeatable or comma-separated")
+    z.add_argument("--half-draws", type=int, default=10, help="half-class subsets drawn (default 10)")
+    z.add_argument("--half-seed", type=int, default=0, help="seed of the half-class draws")
+    z.add_argument("--template-mode", choices=["ensemble", "single", "both"], default="ensemble",
+                   help="mean over all templates, one template (--template-index), or both")
+    z.add_argument("--template-index", type=int, default=0, help="the template for --template-mode single")
     z.add_argument("--frames", type=int, default=8, help="frames per clip for a manifest")
     z.add_argument("--batch-size", type=int, default=8)
-    z.add_argument("--cache-dir", default=None)
+    z.add_argument("--workers", type=int, default=2, help="data-loading processes")
+    _add_cache_args(z)
+    z.add_argument("--json", action="store_true", help="print the results as JSON")
     z.add_argument("--out", default=None, help="write results JSON here")
     z.set_defaults(func=cmd_zero_shot)
+
+    f = sub.add_parser("few-shot", help="K-shot splits, fine-tuning and a linear probe per K and seed")
+    f.add_argument("config", help="experiment config (its single training dataset is subsampled)")
+    f.add_argument("--shots", default="2,4,8,16", help="K values, comma-separated (default 2,4,8,16)")
+    f.add_argument("--seeds", type=int, default=3, help="number of split seeds: 0..N-1 (default 3)")
+    f.add_argument("--seed-list", default=None, help="explicit split seeds, comma-separated")
+    f.add_argument("--out", default="runs/fewshot", help="folder for splits, runs and results")
+    f.add_argument("--probe", action="store_true", help="also a frozen-encoder linear probe")
+    f.add_argument("--probe-only", action="store_true", help="only the linear probe (no fine-tuning)")
+    f.add_argument("--probe-checkpoint", default=None,
+                   help="encoder weights for the probe (checkpoint or run folder; default: the config's model)")
+    f.add_argument("--splits", default=None,
+                   help="folder of ready-made k{K}_seed{S}.csv split files to use instead of drawing")
+    f.add_argument("--splits-only", action="store_true", help="write the split files and stop")
+    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    f.set_defaults(func=cmd_few_shot)
+
+    r = sub.add_parser("predict", help="top-k labels for your own videos (or person boxes)",
+                       epilog="--boxes CSV rows: video_path,time_sec,x1,y1,x2,y2 with coordinates "
+                              "normalised to [0, 1] (x right, y down), paths relative to the CSV; "
+                              "make one with any person detector (recipe: vlcofit/predict.py).")
+    r.add_argument("videos", nargs="*", metavar="VIDEO", help="video files")
+    r.add_argument("--labels", default=None,
+                   help="label file, one name per line (default with --checkpoint: its classes)")
+    r.add_argument("--templates", default=None, help="template file (default: the run's, or text4vis)")
+    r.add_argument("--checkpoint", default=None, help="a vlcofit checkpoint or run folder")
+    r.add_argument("--config", default=None, help="the checkpoint's config (default: its run's config.yaml)")
+    _add_model_args(r, required=False, pretrained="openai")
+    r.add_argument("--boxes", default=None,
+                   help="localisation models: CSV of video_path,time_sec,x1,y1,x2,y2 (normalised)")
+    r.add_argument("--top-k", type=int, default=5)
+    r.add_argument("--frames", type=int, default=8, help="frames per clip (default 8)")
+    r.add_argument("--sampling", choices=["tsn", "dense"], default="tsn")
+    r.add_argument("--stride", type=int, default=4, help="frame stride for dense sampling")
+    r.add_argument("--clips", type=int, default=1, help="temporal views averaged (default 1)")
+    r.add_argument("--crops", type=int, choices=[1, 3], default=1, help="spatial views (1 or 3)")
+    r.add_argument("--decoder", choices=["pyav", "torchcodec", "decord"], default="pyav")
+    r.add_argument("--batch-size", type=int, default=8)
+    r.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    r.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    r.set_defaults(func=cmd_predict)
+
+    c = sub.add_parser("compare", help="co-finetuning vs the sequential transfer baseline, several seeds")
+    c.add_argument("config", help="experiment config with a mixture and train.downstream")
+    c.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    c.add_argument("--out", default="runs/compare", help="folder for all runs and the comparison")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    c.set_defaults(func=cmd_compare)
 
     a = sub.add_parser("ava-eval", help="official AVA frame-mAP@0.5 of a detections CSV")
     a.add_argument("--labelmap", required=True)

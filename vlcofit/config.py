@@ -98,6 +98,9 @@ class ModelConfig:
     head: str = "text"  # text (class-name embeddings) | linear (random-init, for comparison)
     train_text: bool = False  # text tower frozen (Text4Vis) unless set
     cache_dir: str | None = None  # where hub downloads go
+    # A vlcofit checkpoint or run folder to start from (e.g. few-shot from a co-finetuned model):
+    # every tensor whose name and shape match is loaded; label-space-sized ones are skipped.
+    init_from: str | None = None
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@
 Metrics (keys ``"<name>/..."``), APs in percent like accuracies elsewhere (the official
 ``get_ava_performance.py`` prints fractions; divide by 100 to compare):
 
-- ``mAP``: official frame-mAP@0.5 IoU (vlcofit.metrics.ava) of the detections file written,
-  computed from the file as read back, so it equals the official tool run on that file;
+- ``mAP``: official frame-mAP@0.5 IoU (vlcofit.metrics.ava) of the detections file written
+  (computed in memory on boxes rounded as the file writes them, so it equals the official tool
+  run on that file; the file is only written with ``out_dir``);
 - ``mAP_head`` / ``mAP_mid`` / ``mAP_tail``: mean AP over the evaluated classes (those with
   ground truth) whose training-instance count is >= thresholds[1] / in [thresholds[0],
   thresholds[1]) / < thresholds[0]; NaN for a group without an evaluated class, and for all
@@ -18,15 +19,18 @@ Detections: per keyframe only the rows the official evaluator can keep are writt
 with a score >= the keyframe's 50th best (ties at the cut kept). The official top-50 heap ends
 with the same rows whether or not the lower rows are in the file (a lower row is always the
 heap's minimum and is evicted before any higher one), so the metric is unchanged while the
-file shrinks ~6x on AVA val (several proposals x 60 classes per keyframe). Only label-map
-classes are written (the evaluator drops other ids before its cap).
+file shrinks several times on AVA val (several proposals x 60 classes per keyframe; tested).
+One exception: rows of one keyframe with exactly equal scores. The official tool orders them
+by its heap's internal layout, which depends on every row pushed, so such ties may be broken
+differently than in the uncut file (as any reordering of the file would). Scores are float64
+sigmoids, so ties need equal logits (e.g. duplicate boxes). Only label-map classes are
+written (the evaluator drops other ids before its cap).
 """
 from __future__ import annotations
 
 import csv
 import logging
 import math
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
@@ -35,21 +39,14 @@ import torch
 from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
-from .data.ava_formats import (AvaTable, make_key, read_detections, read_exclusions,
-                               read_groundtruth, write_detections)
+from .data.ava_formats import (AvaTable, make_key, read_exclusions, read_groundtruth,
+                               write_detections)
 from .metrics import ava
 from .prompts import ClassList
 
 logger = logging.getLogger(__name__)
 
 GROUPS = ("head", "mid", "tail")
-
-
-def class_counts(table: AvaTable, classes: ClassList) -> np.ndarray:
-    """Training instances per class [C] (class index order): ground-truth rows of each id
-    (one row = one person box with one action)."""
-    index = np.array([classes.id_to_index.get(int(i), -1) for i in table.labels], np.int64)
-    return np.bincount(index[index >= 0], minlength=len(classes))
 
 
 def class_groups(counts: np.ndarray, thresholds: tuple[int, int] = (100, 1000)) -> np.ndarray:
@@ -65,7 +62,7 @@ def extract_box_scores(accelerator, model, loader, text: torch.Tensor,
     """Sigmoid scores of every box, gathered over processes (padding samples dropped).
 
     Returns (records, truncated): one record per sample, ``(key, valid, orig_boxes [k, 4]
-    float64, scores [k, C] float32)``, in loader order; truncated is True if ``max_batches``
+    float64, scores [k, C] float64)``, in loader order; truncated is True if ``max_batches``
     stopped before the end of the loader.
     """
     model = accelerator.unwrap_model(model)
@@ -85,9 +82,9 @@ def extract_box_scores(accelerator, model, loader, text: torch.Tensor,
         box_batch = batch["box_batch"].to(accelerator.device)
         with accelerator.autocast():
             emb, token_map = model.encode_video(batch["video"].to(accelerator.device))
-            box_emb = model.box_head(token_map, boxes, box_batch, emb)
-            logits = model.box_head.logits(box_emb, text)
-        local = _split_samples(batch, logits.float().sigmoid().cpu().numpy())
+            logits = model.box_logits(token_map, boxes, box_batch, text=text, context=emb)
+        # float64 sigmoid: float32 saturates to 1.0 (ties) from logit ~17, float64 from ~37
+        local = _split_samples(batch, logits.float().cpu().double().sigmoid().numpy())
         # one list element per sample, so the duplicated padding at the end can be cut off
         records.extend(accelerator.gather_for_metrics(local, use_gather_object=True))
     model.train(was_training)
@@ -115,7 +112,7 @@ def detections_table(records: list, classes: ClassList, labelmap: Mapping[int, s
     cols = np.array([c for c, i in enumerate(classes.ids) if i in labelmap], np.int64)
     ids = np.array(classes.ids, np.int64)[cols]
     keys, key_index, boxes, labels, scores = [], [], [], [], []
-    seen, unreadable, duplicates = set(), set(), 0
+    seen, unreadable, duplicates, non_finite = set(), set(), 0, 0
     for key, valid, orig, score in records:
         if key in seen or key in unreadable:
             duplicates += 1
@@ -124,7 +121,12 @@ def detections_table(records: list, classes: ClassList, labelmap: Mapping[int, s
             unreadable.add(key)
             continue
         seen.add(key)
-        flat = score[:, cols].reshape(-1)
+        orig = _as_written(orig)
+        flat = score[:, cols].reshape(-1).astype(np.float64)
+        bad = ~np.isfinite(flat)
+        if bad.any():  # before the cut: NaN would break the ranking
+            non_finite += int(bad.sum())
+            flat[bad] = 0.0
         keep = np.ones(len(flat), bool)
         if len(flat) > cap:
             keep = flat >= np.partition(flat, len(flat) - cap)[len(flat) - cap]
@@ -136,15 +138,20 @@ def detections_table(records: list, classes: ClassList, labelmap: Mapping[int, s
         scores.append(flat[keep])
     if duplicates:
         logger.warning("%d repeated keyframes in the evaluation set; kept the first of each", duplicates)
+    if non_finite:
+        logger.error("%d non-finite box scores (diverged model?); scored as 0", non_finite)
     cat = (lambda parts, shape: np.concatenate(parts) if parts else np.zeros(shape))
-    score = cat(scores, (0,)).astype(np.float64)
-    bad = ~np.isfinite(score)
-    if bad.any():
-        logger.error("%d non-finite box scores (diverged model?); scored as 0", int(bad.sum()))
-        score[bad] = 0.0
-    table = AvaTable.from_arrays(keys, cat(key_index, (0,)),
-                                 np.clip(cat(boxes, (0, 4)), 0.0, 1.0), cat(labels, (0,)), score)
+    table = AvaTable.from_arrays(keys, cat(key_index, (0,)), cat(boxes, (0, 4)),
+                                 cat(labels, (0,)), cat(scores, (0,)))
     return table, unreadable
+
+
+def _as_written(boxes: np.ndarray) -> np.ndarray:
+    """Boxes [k, 4] clipped to [0, 1] and rounded as the detections CSV writes them (3
+    decimals, Python's correctly rounded formatting), so evaluating the table in memory gives
+    the official tool's result on the written file without writing it."""
+    flat = np.clip(boxes, 0.0, 1.0).ravel().tolist()
+    return np.array([float(f"{v:.3f}") for v in flat], np.float64).reshape(-1, 4)
 
 
 def evaluate_localization(accelerator, model, loader, name: str, rows: torch.Tensor,
@@ -156,19 +163,28 @@ def evaluate_localization(accelerator, model, loader, name: str, rows: torch.Ten
     """Evaluate one localisation dataset; every process returns the same metrics (module
     docstring). ``rows`` [C]: the label-space rows of ``classes``; ``class_text`` [C, E] scores
     against other class embeddings instead (zero-shot). ``train_counts`` [C] in class-index
-    order (``class_counts``). With ``out_dir`` (main process) writes
+    order (``data.localization.train_instance_counts``). With ``out_dir`` (main process) writes
     ``<name>_detections.csv``, ``<name>_per_class_ap.csv`` and ``<name>_per_class_ap.png``."""
     unwrapped = accelerator.unwrap_model(model)
-    text = class_text if class_text is not None else unwrapped.class_matrix()[rows]
+    mode = unwrapped.training
+    with torch.no_grad():  # in eval mode, as classification scoring gets its class matrix
+        text = class_text if class_text is not None else unwrapped.eval().class_matrix()[rows]
+    unwrapped.train(mode)
     if text.shape[0] != len(classes):
         raise ValueError(f"{name}: {text.shape[0]} class embeddings for {len(classes)} classes")
     records, truncated = extract_box_scores(accelerator, model, loader, text, max_batches,
                                             desc=f"eval {name}")
-    out = [None]
+    out: list = [None]
     if accelerator.is_main_process:
-        out[0] = _report(records, truncated, name, classes, groundtruth_path, labelmap,
-                         exclusions_path, out_dir, train_counts, thresholds)
-    return broadcast_object_list(out)[0]
+        try:
+            out[0] = _report(records, truncated, name, classes, groundtruth_path, labelmap,
+                             exclusions_path, out_dir, train_counts, thresholds)
+        except Exception as err:  # raised on every process, not left waiting in the broadcast
+            out[0] = err
+    result = broadcast_object_list(out)[0]
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 def _report(records, truncated, name, classes, groundtruth_path, labelmap, exclusions_path,
@@ -180,18 +196,15 @@ def _report(records, truncated, name, classes, groundtruth_path, labelmap, exclu
     evaluated = set(det.keys)
     if truncated:  # a partial pass (eval.max_batches): score only the keyframes it saw
         gt = gt.subset(np.isin(gt.key_index, [k for k, key in enumerate(gt.keys) if key in evaluated]))
-    missing = {gt.keys[k] for k in np.unique(gt.key_index)} - evaluated - unreadable
+    excluded = (read_exclusions(exclusions_path) if exclusions_path else set()) | unreadable
+    missing = {gt.keys[k] for k in np.unique(gt.key_index)} - evaluated - excluded
     if missing:
         logger.warning("%s: %d ground-truth keyframes were not in the evaluation set; their "
                        "boxes count as missed", name, len(missing))
-    excluded = (read_exclusions(exclusions_path) if exclusions_path else set()) | unreadable
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) if out_dir is None else Path(out_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{name}_detections.csv"
-        write_detections(path, det)
-        # evaluate what the file holds (3-decimal boxes), so the number is the official one
-        result = ava.evaluate(labelmap, gt, read_detections(path), excluded)
+    result = ava.evaluate(labelmap, gt, det, excluded)
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        write_detections(Path(out_dir) / f"{name}_detections.csv", det)
     per_class = _per_class(result, classes, labelmap, train_counts, thresholds)
     metrics = {f"{name}/mAP": 100.0 * result["mAP"]}
     for group in GROUPS:

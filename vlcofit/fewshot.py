@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 PROBE_WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2, 1e-1)
 PROBE_DEFAULT_DECAY = 1e-3
+_METHOD_NAMES = {"finetune": "fine-tuning", "probe": "linear probe (frozen encoder)"}
 
 
 # --------------------------------------------------------------------------- K-shot splits
@@ -114,9 +115,7 @@ def prepare_split(out_dir: Path, records: Sequence[VideoRecord], classes: ClassL
     ``given``: a folder of ready-made split files to use instead of drawing (validated).
     Returns the file and the chosen record indices. Collective under ``accelerate launch``.
     """
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = process_state()
     name = f"k{k}_seed{seed}.csv"
     if given is not None:
         chosen = read_split(given / name, records)
@@ -134,6 +133,15 @@ def prepare_split(out_dir: Path, records: Sequence[VideoRecord], classes: ClassL
         raise RuntimeError(f"{path}: process {state.process_index} computed another K-shot split "
                            "than the main process wrote")
     return path, chosen
+
+
+def process_state():
+    """Accelerate's process state, honouring ``ACCELERATE_USE_CPU`` as Accelerator does (a bare
+    ``PartialState()`` ignores it and would set up a CPU run as a single process)."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
 def kshot_config(cfg: ExperimentConfig, split: Path, run_dir: Path) -> ExperimentConfig:
@@ -161,17 +169,30 @@ def _train_or_reuse(cfg: ExperimentConfig) -> dict[str, float]:
         if final:
             logger.info("%s: finished run with the same config; reusing its metrics", run)
             return final
-    resume = "latest" if same and (run / "checkpoints" / "latest").is_file() else None
-    return train(cfg, resume=resume)
+    has_checkpoints = (run / "checkpoints" / "latest").is_file()
+    if has_checkpoints and not same:
+        raise InputError(f"{run}: holds a run with another config (earlier few-shot settings?); "
+                         "remove it or choose another --out")
+    return train(cfg, resume="latest" if has_checkpoints else None)
 
 
 # --------------------------------------------------------------------------- linear probe
 
 def fit_linear_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float,
-                     max_iter: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+                     max_iter: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression on features ``x`` [N, E], labels ``y`` [N] with L-BFGS;
     loss = mean cross-entropy + weight_decay / 2 * |W|^2. Returns (W [C, E], b [C])."""
-    x = x.double()
+    threads = torch.get_num_threads()
+    if x.numel() * num_classes < 10**7:  # tiny problems: thread start-up costs more than it saves
+        torch.set_num_threads(1)
+    try:
+        return _fit(x.double(), y, num_classes, weight_decay, max_iter)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float,
+         max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
     w = torch.zeros(num_classes, x.shape[1], dtype=x.dtype, requires_grad=True)
     b = torch.zeros(num_classes, dtype=x.dtype, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20,
@@ -213,10 +234,12 @@ def choose_weight_decay(x: torch.Tensor, y: torch.Tensor, num_classes: int, seed
     return best
 
 
-def probe_features(cfg: ExperimentConfig, name: str, out: Path, weights: str | None = None
+def probe_features(cfg: ExperimentConfig, name: str, out: Path, train_rows: list[int],
+                   weights: str | None = None
                    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Frozen-encoder features of dataset ``name``: (train split, evaluation split), each
-    ``{"x": [N, E] normalised, "label": [N], "valid": [N]}``. Cached in ``<out>/features``."""
+    """Frozen-encoder features of dataset ``name``: the training videos ``train_rows`` (record
+    indices; only these are decoded) and the evaluation split, each ``{"x": [N, E] normalised,
+    "label": [N], "valid": [N]}`` (training: ``"rows"`` [N] too). Cached in ``<out>/features``."""
     from . import checkpoint
     from .cache import FeatureCache, cached_features, model_fingerprint
     from .experiment import build_dataset, build_video_model
@@ -236,18 +259,22 @@ def probe_features(cfg: ExperimentConfig, name: str, out: Path, weights: str | N
     for split in ("train", cfg.eval.split):
         ds = build_dataset(card, split, labels.classes[name], base.backbone, train=False,
                            seed=cfg.train.seed)
+        if split == "train":
+            ds.records = [ds.records[i] for i in train_rows]
         feats, _ = cached_features(accelerator, model, ds, cfg.eval.batch_size,
                                    cfg.train.num_workers, store, model_id, desc=f"probe {split}")
         x = F.normalize(feats["emb"].mean(dim=1), dim=-1)
         out_feats.append({"x": x, "label": feats["label"], "valid": feats["valid"]})
+    out_feats[0]["rows"] = torch.tensor(train_rows, dtype=torch.long)
     return out_feats[0], out_feats[1]
 
 
 def linear_probe(train_feats: dict[str, torch.Tensor], eval_feats: dict[str, torch.Tensor],
                  chosen: list[int], num_classes: int, seed: int) -> dict[str, float]:
-    """Fit on the ``chosen`` training rows (unreadable ones dropped), top-1 on the evaluation
-    split's readable videos."""
-    rows = torch.tensor(chosen, dtype=torch.long)
+    """Fit on the ``chosen`` training records (unreadable ones dropped), top-1 on the
+    evaluation split's readable videos."""
+    position = {int(r): i for i, r in enumerate(train_feats["rows"])}
+    rows = torch.tensor([position[c] for c in chosen], dtype=torch.long)
     rows = rows[train_feats["valid"][rows]]
     x, y = train_feats["x"][rows], train_feats["label"][rows]
     wd = choose_weight_decay(x, y, num_classes, seed)
@@ -281,7 +308,7 @@ def plot_fewshot(summary: dict[str, dict[str, dict[str, float]]], path: Path, ti
             continue
         ks = [int(k) for k in per_k]
         ax.errorbar(ks, [per_k[str(k)]["mean"] for k in ks], yerr=[per_k[str(k)]["std"] for k in ks],
-                    marker="o", capsize=3, label=method)
+                    marker="o", capsize=3, label=_METHOD_NAMES.get(method, method))
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted({int(k) for per_k in summary.values() for k in per_k}))
     ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
@@ -305,8 +332,6 @@ def few_shot(cfg: ExperimentConfig, shots: Sequence[int], seeds: Sequence[int], 
     {"finetune": {K: {mean, std, n}}, "probe": ...}, ...}``; the metric is the evaluation
     dataset's top-1 (the first evaluation dataset's when there are several).
     """
-    from accelerate import PartialState
-
     if len(cfg.train.datasets) != 1:
         raise InputError("few-shot: train.datasets must name exactly one dataset")
     name = cfg.train.datasets[0]
@@ -318,28 +343,47 @@ def few_shot(cfg: ExperimentConfig, shots: Sequence[int], seeds: Sequence[int], 
     records = read_records(card, "train", classes)
     metric = f"{cfg.eval_datasets[0]}/top1"
     out.mkdir(parents=True, exist_ok=True)
-    feats = probe_features(cfg, name, out, probe_weights) if probe and not splits_only else None
-    runs = []
+    source = f"dataset {name} ({card.split_file('train')})"
+    runs, chosen = [], {}
     for k in shots:
         for seed in seeds:
-            split, chosen = prepare_split(out, records, classes, k, seed,
-                                          f"dataset {name} ({card.split_file('train')})", splits_from)
-            run = {"k": k, "seed": seed, "split": str(split), "videos": len(chosen)}
-            if finetune and not splits_only:
-                metrics = _train_or_reuse(kshot_config(cfg, split, out / f"k{k}_seed{seed}"))
-                run.update(finetune=metrics.get(metric), metrics=metrics,
-                           run_dir=str(out / f"k{k}_seed{seed}"))
-            if feats is not None:
-                run["probe_detail"] = linear_probe(*feats, chosen, len(classes), seed)
-                run["probe"] = run["probe_detail"]["top1"]
-            runs.append(run)
-    result = {"dataset": name, "metric": metric, "shots": list(shots), "seeds": list(seeds),
-              "std": "numpy.std over seeds (ddof=0)", "runs": runs,
-              "summary": {m: summarize(runs, m) for m in ("finetune", "probe")
-                          if any(m in r for r in runs)}}
-    if PartialState().is_main_process:
-        (out / "fewshot.json").write_text(json.dumps(result, indent=2))
+            split, chosen[k, seed] = prepare_split(out, records, classes, k, seed, source,
+                                                   splits_from)
+            runs.append({"k": k, "seed": seed, "split": str(split), "videos": len(chosen[k, seed])})
+    feats = None
+    if probe and not splits_only:
+        union = sorted({i for rows in chosen.values() for i in rows})
+        feats = probe_features(cfg, name, out, union, probe_weights)
+    for run in runs if not splits_only else []:
+        k, seed = run["k"], run["seed"]
+        if finetune:
+            run_dir = out / f"k{k}_seed{seed}"
+            metrics = _train_or_reuse(kshot_config(cfg, Path(run["split"]), run_dir))
+            run.update(finetune=metrics.get(metric), metrics=metrics, run_dir=str(run_dir))
+        if feats is not None:
+            run["probe_detail"] = linear_probe(*feats, chosen[k, seed], len(classes), seed)
+            run["probe"] = run["probe_detail"]["top1"]
+    result = {"dataset": name, "metric": metric, "probe_metric": f"{name}/top1",
+              "shots": list(shots), "seeds": list(seeds), "std": "numpy.std over seeds (ddof=0)",
+              "runs": runs, "summary": {m: summarize(runs, m) for m in ("finetune", "probe")
+                                        if any(m in r for r in runs)}}
+    if process_state().is_main_process:
         if result["summary"]:
             result["plot"] = str(plot_fewshot(result["summary"], out / "fewshot.png",
                                               f"{name}: few-shot ({metric})"))
+        (out / "fewshot.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def format_table(result: dict) -> str:
+    """Mean ± std per K of each method, as a text table."""
+    methods = list(result["summary"])
+    lines = [f"few-shot: {result['dataset']} ({result['metric']}, {len(result['seeds'])} seeds)",
+             "K     " + "  ".join(f"{m:>16}" for m in methods)]
+    for k in result["shots"]:
+        cells = []
+        for m in methods:
+            s = result["summary"][m].get(str(k))
+            cells.append(f"{s['mean']:7.2f} ± {s['std']:6.2f}" if s else f"{'-':>16}")
+        lines.append(f"{k:<6}" + "  ".join(cells))
+    return "\n".join(lines)

@@ -65,12 +65,10 @@ class LocalizationTask:
     def evaluate(self, accelerator, model, loader, card: DatasetCard, rows: torch.Tensor,
                  classes: ClassList, split: str, out_dir: Path | None, max_batches: int | None,
                  train_set=None) -> dict[str, float]:
-        from .data.ava_formats import read_labelmap
-        from .data.localization import train_instance_counts
+        from .data.localization import evaluation_labelmap, train_instance_counts
         from .eval_localization import evaluate_localization
         spec, root = card.localization, Path(card.root)
-        labelmap = (read_labelmap(root / spec.labelmap) if spec.labelmap
-                    else dict(zip(classes.ids, classes.names)))
+        labelmap = evaluation_labelmap(card, classes)
         exclusions = getattr(spec, f"exclusions_{split}", None)
         counts = train_instance_counts(card, classes) if card.train else None
         return evaluate_localization(

@@ -32,8 +32,7 @@ def make_accelerator(cfg: ExperimentConfig, run_dir: Path | None) -> Accelerator
     tasks = {cfg.datasets[n].task for n in cfg.train.datasets}
     handlers = []
     if len(tasks) > 1 or "localization" in tasks:
-        # Each step trains one task: the other task's head (and, for box steps, the temporal
-        # module) gets no gradient that step.
+        # Each step trains one task: the other task's head gets no gradient that step.
         handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
     return Accelerator(
         mixed_precision=cfg.train.mixed_precision,
@@ -116,6 +115,8 @@ def train(cfg: ExperimentConfig, resume: str | None = None) -> dict[str, float]:
         write_run_json(run_dir / "run.json", accelerator, t.seed)
     labels = build_labels(cfg)
     model = build_video_model(cfg, labels)
+    if cfg.model.init_from and resume_from is None:
+        checkpoint.load_matching(model, checkpoint.resolve(cfg.model.init_from))
     train_sets = {n: build_dataset(cfg.datasets[n], "train", labels.classes[n], model.backbone,
                                    train=True, seed=t.seed) for n in t.datasets}
     mix = mixture.plan(cfg, {n: len(ds) for n, ds in train_sets.items()})
@@ -193,7 +194,10 @@ def train(cfg: ExperimentConfig, resume: str | None = None) -> dict[str, float]:
                             t.keep_checkpoints)
     bar.close()
     final = run_eval(step, final=True)
-    accelerator.end_training()
+    for tracker in accelerator.trackers:
+        # not accelerator.end_training(): it destroys the process group, and few-shot and
+        # compare run several trainings in one launch
+        tracker.finish()
     if accelerator.is_main_process:
         finish_run_json(run_dir / "run.json", final_metrics=final, steps=step)
         plot_learning_curves(run_dir / "metrics.jsonl", run_dir / "learning_curve.png")

@@ -300,3 +300,30 @@ def zero_shot(model_cfg: ModelConfig, data: str, prompts: str, templates: str | 
     template ensemble)."""
     return run_zero_shot(model_cfg, data, prompts, templates, split, weights, num_frames,
                          batch_size, num_workers, out, **protocol_options).metrics
+
+
+def _cell(row: dict, metric: str) -> str:
+    if metric not in row:
+        return "-"
+    std = row.get(f"{metric}_std")
+    return f"{row[metric]:6.2f}" + (f" ± {std:5.2f}" if std is not None else "")
+
+
+def format_table(result: ZeroShotResult) -> str:
+    """The result rows as a text table (protocol, templates, classes, videos, top-1, top-5)."""
+    head = ("protocol", "templates", "classes", "videos", "top1 (%)", "top5 (%)")
+    lines = [head]
+    for row in result.rows:
+        name = row["protocol"] + (f" ({row['draws']} draws)" if "draws" in row else "")
+        if "hm" in row:
+            name += " harmonic mean"
+        elif "members" in row:
+            name += f" mean of {len(row['members'])}"
+        videos = row.get("videos", "-")
+        lines.append((name, row["templates"], str(row.get("classes", "-")),
+                      f"{videos:.0f}" if isinstance(videos, (int, float)) else videos,
+                      _cell(row, "top1"), _cell(row, "top5")))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    return f"zero-shot: {result.dataset} ({result.info.get('split', '')})\n" + "\n".join(text)

@@ -5,9 +5,11 @@ original frame). Output: ``(video, boxes, keep)`` with video float ``[T, 3, S, S
 with the model's mean/std, boxes ``[M', 4]`` normalised to the OUTPUT frame, and ``keep`` long
 ``[M']`` the indices of the input boxes that survived (so their labels can follow).
 
-Training: a random resized crop (area fraction in ``[min_scale, 1]``) and optionally a
-horizontal flip, drawn once per clip (the frames are one ``tv_tensors.Video``) and applied to
-the boxes as ``tv_tensors.BoundingBoxes``; boxes are clamped to the crop, and
+Training: a random resized crop (area fraction in ``[min_scale, 1]``, aspect ratio in
+``ratio`` times the frame's own, so that a crop squashed to a square is distorted about as much
+as the evaluation squash of the whole frame) and optionally a horizontal flip, drawn once per
+clip (the frames are one ``tv_tensors.Video``) and applied to the boxes as
+``tv_tensors.BoundingBoxes``; boxes are clamped to the crop, and
 ``SanitizeBoundingBoxes`` drops those that became degenerate or smaller than ``min_box_size``
 output pixels. If no box survives, the sample falls back to an un-cropped resize (flip kept):
 a localisation sample must keep at least one box.
@@ -45,20 +47,32 @@ def _check(frames: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
 
 
 class BoxTrainTransform:
-    """Training: random resized crop + optional flip, boxes follow; see the module docstring."""
+    """Training: random resized crop + optional flip, boxes follow; see the module docstring.
+
+    ``scale``: the crop's area range (fraction of the frame); ``ratio``: its aspect-ratio range
+    relative to the frame's; ``min_box_size``: boxes narrower or shorter than this many output
+    pixels after the crop are dropped."""
 
     def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float],
                  flip: bool = True, scale: tuple[float, float] = (0.4, 1.0),
                  ratio: tuple[float, float] = (3 / 4, 4 / 3), min_box_size: float = 2.0) -> None:
-        self.image_size = image_size
+        self.image_size, self.scale, self.ratio = image_size, scale, ratio
         self.train = True
-        flips = [v2.RandomHorizontalFlip()] if flip else []
-        self._crop = v2.Compose([v2.RandomResizedCrop(image_size, scale=scale, ratio=ratio,
-                                                      antialias=True), *flips,
-                                 v2.SanitizeBoundingBoxes(min_size=min_box_size,
-                                                          labels_getter=_keep_of)])
-        self._resize = v2.Compose([v2.Resize((image_size, image_size), antialias=True), *flips])
+        self._flips = [v2.RandomHorizontalFlip()] if flip else []
+        self._sanitize = v2.SanitizeBoundingBoxes(min_size=min_box_size, labels_getter=_keep_of)
+        self._crops: dict[tuple[int, int], v2.Compose] = {}  # per frame size (aspect ratio)
+        self._resize = v2.Compose([v2.Resize((image_size, image_size), antialias=True),
+                                   *self._flips])
         self._normalize = _normalizer(mean, std)
+
+    def _crop(self, height: int, width: int) -> v2.Compose:
+        if (height, width) not in self._crops:
+            aspect = width / height
+            ratio = (self.ratio[0] * aspect, self.ratio[1] * aspect)
+            crop = v2.RandomResizedCrop(self.image_size, scale=self.scale, ratio=ratio,
+                                        antialias=True)
+            self._crops[height, width] = v2.Compose([crop, *self._flips, self._sanitize])
+        return self._crops[height, width]
 
     def __call__(self, frames: torch.Tensor, boxes: torch.Tensor) -> BoxOutput:
         """uint8 ``[T, 3, H, W]``, boxes ``[M, 4]`` (original frame, normalised) ->
@@ -70,7 +84,7 @@ class BoxTrainTransform:
                   "boxes": tv_tensors.BoundingBoxes(boxes * scale, format="XYXY",
                                                     canvas_size=(height, width)),
                   "keep": torch.arange(len(boxes))}
-        out = self._crop(sample)
+        out = self._crop(height, width)(sample)
         if len(boxes) and not len(out["keep"]):  # every box cropped away: keep the whole frame
             out = self._resize(sample)
         size = self.image_size
@@ -79,7 +93,8 @@ class BoxTrainTransform:
         return video, kept.clamp_(0.0, 1.0) + 0.0, out["keep"]  # + 0.0: no -0.0 from flips
 
     def __repr__(self) -> str:
-        return f"BoxTrainTransform({self._crop})"
+        return (f"BoxTrainTransform(image_size={self.image_size}, scale={self.scale}, "
+                f"ratio={self.ratio} x frame aspect, flip={bool(self._flips)})")
 
 
 def _keep_of(sample: dict) -> torch.Tensor:

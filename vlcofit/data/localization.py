@@ -33,6 +33,7 @@ returns ``valid=False``), keyframes without proposals (warned, whole-frame box).
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -114,24 +115,20 @@ def read_keyframes(card: DatasetCard, split: str, classes: ClassList,
     return keys, boxes
 
 
-def read_split_proposals(card: DatasetCard, split: str, keys: Sequence[Key]) -> dict | None:
+def read_split_proposals(card: DatasetCard, split: str, videos: set[str]) -> dict | None:
     """Proposals of ``split`` ({key: [N, 5] x1, y1, x2, y2, score}) or None when none are set.
 
     Proposals may cover keyframes absent from the ground truth (AVA's cover every keyframe) but
-    not videos absent from it: that is another split's file, an InputError."""
+    not ``videos`` absent from it (the split's videos): that is another split's file, an
+    InputError naming it."""
     relative = getattr(card.localization, f"proposals_{split}", None)
     if relative is None:
         return None
     path = _file(card, relative, f"proposals of split {split}")
     proposals = read_proposals(path)
-    videos = {v for v, _ in keys}
     foreign = {k: v for k, v in proposals.items() if k[0] not in videos}
     if foreign:  # raises, naming the file and the first keys
         validate_proposal_keys(foreign, (), f"{path} (proposals for videos not in split {split})")
-    missing = sum(k not in proposals or not len(proposals[k]) for k in keys)
-    if missing:
-        logger.warning("%s: %d of %d keyframes of split %s have no proposals; they get the whole "
-                       "frame as their box (score 0)", path, missing, len(keys), split)
     return proposals
 
 
@@ -152,11 +149,13 @@ class _FrameFolders:
         self.root = Path(card.root) / self.spec.videos
         self._last: dict[str, int] = {}
         try:
-            self.spec.frame_pattern.format(1, video_id="v")
+            names = {self.spec.frame_pattern.format(n, video_id="v") for n in (1, 2)}
         except (KeyError, IndexError, ValueError) as err:
+            names = {repr(err)}
+        if len(names) != 2:
             raise InputError(f"dataset {card.name}: localization.frame_pattern "
-                             f"{self.spec.frame_pattern!r} is not a pattern of a frame number "
-                             f"(and video_id): {err!r}") from None
+                             f"{self.spec.frame_pattern!r} must name frame n with '{{}}' "
+                             f"(e.g. img_{{:05d}}.jpg; also {{video_id}}) ({names.pop()})")
 
     def _frame(self, video_id: str, n: int) -> Path:
         return self.root / video_id / self.spec.frame_pattern.format(n, video_id=video_id)
@@ -187,7 +186,9 @@ class _FrameFolders:
         for n in sorted(set(numbers)):
             path = self._frame(video_id, n)
             try:
-                images[n] = decode_image(str(path), mode=ImageReadMode.RGB)
+                with warnings.catch_warnings():  # 0.29 announces a move to TorchCodec
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    images[n] = decode_image(str(path), mode=ImageReadMode.RGB)
             except (RuntimeError, OSError) as err:
                 raise VideoError(path, f"cannot read frame ({str(err).splitlines()[-1]})") from None
         if len({tuple(im.shape) for im in images.values()}) > 1:
@@ -222,16 +223,32 @@ class LocalizationDataset(Dataset):
         self.backend = backend or card.decoder
         check_backend(self.backend)
         self.keys, self.gt = read_keyframes(card, split, classes, train)
-        self.proposals = read_split_proposals(card, split, self.keys) \
-            if not train or spec.train_proposal_iou is not None else None
-        if not train and self.proposals is None:
-            empty = sum(not len(self.gt[k].boxes) for k in self.keys)
-            logger.warning("dataset %s/%s: no proposals file (localization.proposals_%s); "
-                           "evaluating on the ground-truth boxes (%d keyframes without any get "
-                           "the whole frame, score 0)", card.name, split, split, empty)
+        self.proposals = None
+        if not train or spec.train_proposal_iou is not None:
+            self.proposals = read_split_proposals(card, split, {v for v, _ in self.gt})
+            self._report_proposals()
         self.transform = build_box_transform(train, image_size, mean, std, flip=card.hflip,
                                              scale=(card.min_crop_scale, 1.0))
         self._frames = _FrameFolders(card) if spec.media == "frames" else None
+
+    def _report_proposals(self) -> None:
+        """Say once how many keyframes go without proposals (or the proposals file)."""
+        where = f"dataset {self.card.name}/{self.split}"
+        if self.proposals is None:
+            if self.train:
+                logger.warning("%s: train_proposal_iou is set but localization.proposals_%s "
+                               "is not; training on ground-truth boxes only", where, self.split)
+            else:
+                empty = sum(not len(self.gt[k].boxes) for k in self.keys)
+                logger.warning("%s: no proposals file (localization.proposals_%s); evaluating "
+                               "on the ground-truth boxes (%d keyframes without any get the "
+                               "whole frame, score 0)", where, self.split, empty)
+            return
+        missing = sum(not len(self.proposals.get(k, ())) for k in self.keys)
+        if missing:
+            logger.warning("%s: %d of %d keyframes have no proposals%s", where, missing,
+                           len(self.keys), "" if self.train else
+                           "; they get the whole frame as their box (score 0)")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -24,7 +24,8 @@ DEMO_CLASSES = (
     "rotating clockwise", "rotating counterclockwise", "growing", "shrinking",
 )
 SHAPES = ("circle", "square", "triangle")
-_VERSION = 2  # bump when the rendering changes, so old folders are regenerated
+TRAIL = ((3, 0.15), (2, 0.3), (1, 0.5))  # (frames back, opacity) of the motion echo
+_VERSION = 4  # bump when the rendering changes, so old folders are regenerated
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: int = 8, gop: int | None = None,
@@ -91,9 +92,9 @@ def _coverage(shape: str, u: np.ndarray, v: np.ndarray, r: float) -> np.ndarray:
 
 
 def _colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A dark background and a bright shape: a tiny model trained from scratch must find the
-    shape at once, so that what it learns is the motion."""
-    return rng.uniform(0, 70, size=3), rng.uniform(150, 255, size=3)
+    """A dark grey background and a light grey shape: a tiny model trained from scratch then
+    spends its few minutes on the motion, not on colour invariance."""
+    return np.full(3, rng.uniform(0, 50)), np.full(3, rng.uniform(190, 255))
 
 
 def render_clip(label: str, rng: np.random.Generator, size: int = 64,
@@ -105,13 +106,25 @@ def render_clip(label: str, rng: np.random.Generator, size: int = 64,
     cx, cy, radius, angle = _motion(label, rng, size, np.linspace(0, 1, num_frames))
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
     frames = np.empty((num_frames, size, size, 3), dtype=np.uint8)
-    for k in range(num_frames):
+    def layers(k: int) -> tuple[np.ndarray, np.ndarray]:
         dx, dy = xs - cx[k], ys - cy[k]
         cos, sin = np.cos(angle[k]), np.sin(angle[k])
         u, v = dx * cos + dy * sin, -dx * sin + dy * cos
         alpha = _coverage(shape, u, v, radius[k])[..., None]
         dot = _coverage("circle", u - 0.5 * radius[k], v, 0.22 * radius[k])[..., None]
-        image = texture * (1 - alpha) + colour * alpha
+        return alpha, dot
+
+    for k in range(num_frames):
+        image = texture.copy()
+        # A fading echo of the last positions (like a long exposure): the direction of a motion
+        # shows within a clip of a few frames, so a tiny model learns it in minutes on a CPU.
+        for lag, opacity in TRAIL:
+            if k - lag >= 0:
+                alpha, dot = layers(k - lag)
+                image = image * (1 - opacity * alpha) + colour * opacity * alpha
+                image = image * (1 - opacity * dot) + (255 - colour) * opacity * dot
+        alpha, dot = layers(k)
+        image = image * (1 - alpha) + colour * alpha
         image = image * (1 - dot) + (255 - colour) * dot
         image += rng.normal(0, 3, size=image.shape)
         frames[k] = np.clip(image, 0, 255).astype(np.uint8)

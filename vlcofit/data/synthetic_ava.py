@@ -1,14 +1,14 @@
-"""The built-in localisation demo: synthetic AVA-format data (videos, boxes, proposals), no download.
+"""The built-in localisation demo: synthetic AVA-format videos, boxes and proposals (no download).
 
 Each video (default 96x80, 8 fps, 10 s) shows 2-4 "actor slots" on a dark textured background.
 A slot holds a sequence of tracks; a track is one bright shape (circle, square or triangle with a
-contrasting dot that shows its orientation) that lives from 1 s before its first keyframe to 1 s
-after its last one, doing a fixed set of actions (multi-label): one motion (moving left / right /
-up / down, standing still) and at most one of rotating, growing, shrinking, blinking. Between two
-tracks of a slot one keyframe is left without that slot's actor, so some keyframes have no box
-at all (written as ``video_id,timestamp`` rows). A clip of 8 frames 2 apart (1.75 s) centred on a
-keyframe always sees the whole action: a tiny model can learn the classes on a CPU in minutes.
-Classes are long-tailed by construction (quotas per split: "standing still" is ~7x as frequent
+contrasting dot that shows its orientation) that lives from about 1 s before its first keyframe
+to 1 s after its last one, doing a fixed set of actions (multi-label): one motion (moving left /
+right / up / down, standing still) and at most one of rotating, growing, shrinking, blinking.
+Between two tracks of a slot one keyframe is left without that slot's actor, so some keyframes
+have no box at all (written as ``video_id,timestamp`` rows). A clip of 8 frames 2 apart (1.75 s)
+centred on a keyframe sees the action: a tiny model can learn the classes on a CPU in minutes.
+Classes are long-tailed by construction (quotas per split: "standing still" is ~8x as frequent
 as "blinking"); their ids (``prompts/demo_ava.txt``) skip 6, as AVA's label map skips ids.
 Training must not flip horizontally (left/right classes).
 
@@ -41,7 +41,7 @@ DEMO_AVA_ACTIONS = {1: "moving left", 2: "moving right", 3: "moving up", 4: "mov
                     10: "blinking"}
 # Share of tracks per motion / extra action in each split (exact quotas, then shuffled).
 _MOTIONS = {5: 0.34, 2: 0.26, 1: 0.18, 4: 0.13, 3: 0.09}
-_EXTRAS = {0: 0.50, 7: 0.26, 8: 0.11, 9: 0.08, 10: 0.05}  # 0: none
+_EXTRAS = {0: 0.51, 7: 0.26, 8: 0.11, 9: 0.08, 10: 0.04}  # 0: none
 _VERSION = 1  # bump when the rendering changes, so old folders are regenerated
 
 
@@ -71,15 +71,19 @@ def _quota(rng: np.random.Generator, n: int, shares: dict) -> list:
     return [values[i] for i in rng.permutation(len(values))]
 
 
-def _schedule(rng: np.random.Generator, last_keyframe: int) -> list[_Track]:
-    """Tracks of one video: 2-4 slots, each a run of 1-5 keyframes, one keyframe between runs."""
+def _schedule(rng: np.random.Generator, last_keyframe: int, fps: int) -> list[_Track]:
+    """Tracks of one video: 2-4 slots, each a run of 1-5 keyframes, one keyframe between runs.
+
+    A track is drawn from one frame after the keyframe before its first one until (not
+    including) the keyframe after its last one: a keyframe where it is not labelled never
+    shows it, and the 1.75 s clips of its own keyframes show it in all frames but at most one."""
     tracks = []
     for _ in range(int(rng.integers(2, 5))):
         position = 1 + int(rng.random() < 0.3)
         while position <= last_keyframe:
             length = min(int(rng.integers(1, 6)), last_keyframe - position + 1)
             keyframes = list(range(position, position + length))
-            tracks.append(_Track(keyframes[0] - 1.0, keyframes[-1] + 1.0, keyframes))
+            tracks.append(_Track(keyframes[0] - 1.0 + 1.0 / fps, keyframes[-1] + 1.0, keyframes))
             position += length + 1
     return tracks
 
@@ -109,36 +113,39 @@ def _place(track: _Track, rng: np.random.Generator, width: int, height: int) -> 
     track.blink = int(rng.integers(4)) if 10 in track.actions else -1
 
 
-def _draw(image: np.ndarray, track: _Track, seconds: float, frame: int,
-          grid: tuple) -> np.ndarray:
-    """Composite ``track`` at time ``seconds`` onto ``image`` [H, W, 3]; returns its mask."""
-    ys, xs = grid
+def _draw(image: np.ndarray, track: _Track, seconds: float, frame: int) -> tuple:
+    """Composite ``track`` at time ``seconds`` onto ``image`` [H, W, 3] (only the pixels near
+    it, for speed); returns its mask there and the mask's (top, left) offset."""
     elapsed = seconds - track.start
-    u = elapsed / (track.end - track.start)
-    r = track.radii[0] * (track.radii[1] / track.radii[0]) ** u
-    dx = xs - (track.origin[0] + track.velocity[0] * elapsed)
-    dy = ys - (track.origin[1] + track.velocity[1] * elapsed)
+    r = track.radii[0] * (track.radii[1] / track.radii[0]) ** (elapsed / (track.end - track.start))
+    cx = track.origin[0] + track.velocity[0] * elapsed
+    cy = track.origin[1] + track.velocity[1] * elapsed
+    top, left = max(int(cy - r) - 2, 0), max(int(cx - r) - 2, 0)
+    bottom = min(int(cy + r) + 3, image.shape[0])
+    right = min(int(cx + r) + 3, image.shape[1])
+    ys, xs = np.mgrid[top:bottom, left:right] + 0.5
     angle = track.angle + track.spin * elapsed
     cos, sin = np.cos(angle), np.sin(angle)
-    pu, pv = dx * cos + dy * sin, -dx * sin + dy * cos
-    alpha = _coverage(track.shape, pu, pv, r)[..., None]
-    dot = _coverage("circle", pu - 0.5 * r, pv, 0.25 * r)[..., None]
+    u, v = (xs - cx) * cos + (ys - cy) * sin, -(xs - cx) * sin + (ys - cy) * cos
+    alpha = _coverage(track.shape, u, v, r)[..., None]
+    dot = _coverage("circle", u - 0.5 * r, v, 0.25 * r)[..., None]
     colour = track.colour
     if track.blink >= 0 and (frame + track.blink) // 2 % 2:  # dim every other quarter second
         colour = colour * 0.4
-    image *= 1 - alpha
-    image += alpha * (colour * (1 - dot) + (255 - track.colour) * dot)
-    return alpha[..., 0] > 0.5
+    patch = image[top:bottom, left:right]
+    patch *= 1 - alpha
+    patch += alpha * (colour * (1 - dot) + (255 - track.colour) * dot)
+    return alpha[..., 0] > 0.5, (top, left)
 
 
-def _mask_box(mask: np.ndarray) -> np.ndarray:
-    """Normalised x1, y1, x2, y2 of the pixels of a boolean mask [H, W] (the shape's box)."""
-    height, width = mask.shape
+def _mask_box(mask: np.ndarray, offset: tuple, width: int, height: int) -> np.ndarray:
+    """Normalised x1, y1, x2, y2 of the pixels of a boolean mask placed at (top, left)."""
     cols, rows = np.flatnonzero(mask.any(0)), np.flatnonzero(mask.any(1))
+    top, left = offset
     if not len(cols):  # a shape below a pixel: not drawn at these sizes, but keep a valid box
-        return np.array([0.0, 0.0, 1.0 / width, 1.0 / height])
-    return np.array([cols[0] / width, rows[0] / height, (cols[-1] + 1) / width,
-                     (rows[-1] + 1) / height])
+        return np.array([left / width, top / height, (left + 1) / width, (top + 1) / height])
+    return np.array([(left + cols[0]) / width, (top + rows[0]) / height,
+                     (left + cols[-1] + 1) / width, (top + rows[-1] + 1) / height])
 
 
 def _render(tracks: list[_Track], rng: np.random.Generator, width: int, height: int, fps: int,
@@ -146,7 +153,6 @@ def _render(tracks: list[_Track], rng: np.random.Generator, width: int, height: 
     """Frames uint8 [T, H, W, 3] and {(track index, keyframe): normalised box [4]}."""
     background, _ = _colours(rng)
     texture = background + rng.normal(0, 6, size=(height, width, 3))
-    grid = tuple(np.mgrid[0:height, 0:width].astype(np.float64) + 0.5)
     frames = np.empty((seconds * fps, height, width, 3), np.uint8)
     boxes = {}
     for k in range(len(frames)):
@@ -154,16 +160,17 @@ def _render(tracks: list[_Track], rng: np.random.Generator, width: int, height: 
         image = texture.copy()
         for i, track in enumerate(tracks):
             if track.start <= t < track.end:
-                mask = _draw(image, track, t, k, grid)
+                mask, offset = _draw(image, track, t, k)
                 if k % fps == 0 and k // fps in track.keyframes:
-                    boxes[i, k // fps] = _mask_box(mask)
-        frames[k] = np.clip(image + rng.normal(0, 3, size=image.shape), 0, 255)
-    return frames, boxes
+                    boxes[i, k // fps] = _mask_box(mask, offset, width, height)
+        frames[k] = np.clip(image, 0, 255)
+    noise = rng.standard_normal(frames.shape, dtype=np.float32) * 3  # sensor noise, all at once
+    return np.clip(frames + noise, 0, 255).astype(np.uint8), boxes
 
 
 def _proposals(rng: np.random.Generator, boxes: list[np.ndarray]) -> np.ndarray:
-    """[N, 5] person proposals of a keyframe: jittered true boxes (mostly confident) and a few
-    low-scoring false positives."""
+    """[N >= 1, 5] person proposals of a keyframe: jittered true boxes (mostly confident) and a
+    few low-scoring false positives."""
     rows = []
     for box in boxes:
         size = np.array([box[2] - box[0], box[3] - box[1]] * 2)
@@ -171,7 +178,7 @@ def _proposals(rng: np.random.Generator, boxes: list[np.ndarray]) -> np.ndarray:
         jittered[2:] = np.maximum(jittered[2:], jittered[:2] + 0.02)
         score = rng.uniform(0.82, 0.99) if rng.random() > 0.1 else rng.uniform(0.4, 0.78)
         rows.append([*np.clip(jittered, 0, 1), score])
-    for _ in range(int(rng.poisson(0.7))):
+    for _ in range(max(int(rng.poisson(0.7)), int(not rows))):  # never empty
         x, y = rng.uniform(0, 0.8, 2)
         w, h = rng.uniform(0.08, 0.2, 2)
         rows.append([x, y, min(x + w, 1.0), min(y + h, 1.0), rng.uniform(0.05, 0.7)])
@@ -181,7 +188,7 @@ def _proposals(rng: np.random.Generator, boxes: list[np.ndarray]) -> np.ndarray:
 def _write_split(root: Path, split: str, videos: int, rng: np.random.Generator, *, width: int,
                  height: int, fps: int, seconds: int) -> list:
     """Videos, ground truth and proposals of one split; returns its keyframe keys."""
-    schedules = [_schedule(rng, seconds - 1) for _ in range(videos)]
+    schedules = [_schedule(rng, seconds - 1, fps) for _ in range(videos)]
     every = [track for tracks in schedules for track in tracks]
     for track, motion, extra in zip(every, _quota(rng, len(every), _MOTIONS),
                                     _quota(rng, len(every), _EXTRAS)):

@@ -18,7 +18,8 @@ scale (initialised to 10, as SigLIP does) rather than the classification tempera
 100): with 100 the logits of a near-random embedding would spread over several units and swamp
 the prior bias. ``logit_bias`` starts at logit(prior), so initial sigmoid outputs sit near the
 positive rate of AVA (~0.02 per box and class) and the first BCE steps are not spent pushing
-every negative down.
+every negative down. (The context lifts them somewhat: pretrained CLIP's video-text cosines
+are all positive, ~0.2-0.3, i.e. +1 to +2 on the logits at scale 10.)
 """
 from __future__ import annotations
 
@@ -106,8 +107,10 @@ class BoxHead(nn.Module):
 
     def logits(self, box_emb: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Box embeddings [K, E] x class embeddings [C, E] -> sigmoid logits [K, C]
-        = exp(logit_scale) * cos + logit_bias."""
-        scale = self.logit_scale.exp().clamp(max=MAX_SCALE)
-        cos = F.normalize(box_emb, dim=-1) @ F.normalize(text.to(box_emb.dtype), dim=-1).t()
-        return scale * cos + self.logit_bias
+        = exp(logit_scale) * cos + logit_bias, in float32: bf16 logits (resolution ~0.03 at
+        -4) would tie many boxes' scores, and AP depends on how ties are broken."""
+        with torch.autocast(box_emb.device.type, enabled=False):
+            scale = self.logit_scale.float().exp().clamp(max=MAX_SCALE)
+            cos = F.normalize(box_emb.float(), dim=-1) @ F.normalize(text.float(), dim=-1).t()
+            return scale * cos + self.logit_bias.float()
 

@@ -108,16 +108,17 @@ class VideoCLIP(nn.Module):
         return self.score(emb, text if rows is None else text[rows])
 
     def box_logits(self, token_map: torch.Tensor, boxes: torch.Tensor, box_batch: torch.Tensor,
-                   rows: torch.Tensor | None = None, text: torch.Tensor | None = None) -> torch.Tensor:
+                   rows: torch.Tensor | None = None, text: torch.Tensor | None = None,
+                   context: torch.Tensor | None = None) -> torch.Tensor:
         """Person boxes [K, 4] (normalised; sample index ``box_batch`` [K]) pooled from the token
-        map [B, D, T, h, w] -> multi-label logits [K, C] against label-space ``rows`` (or ``text``)."""
+        map [B, D, T, h, w] (plus the clip embeddings ``context`` [B, E]) -> multi-label logits
+        [K, C] against label-space ``rows`` (or any class embeddings ``text`` [C, E])."""
         if self.box_head is None:
             raise RuntimeError("this model has no box head (no localisation dataset in its config)")
-        emb = self.box_head(token_map, boxes, box_batch)
         if text is None:
             text = self.class_matrix()
             text = text if rows is None else text[rows]
-        return self.score(emb, text) + self.box_head.logit_bias
+        return self.box_head.logits(self.box_head(token_map, boxes, box_batch, context), text)
 
     def forward(self, video: torch.Tensor, rows: torch.Tensor | None = None,
                 boxes: torch.Tensor | None = None, box_batch: torch.Tensor | None = None) -> torch.Tensor:
@@ -125,7 +126,7 @@ class VideoCLIP(nn.Module):
         emb, token_map = self.encode_video(video)
         if boxes is None:
             return self.classify(emb, rows)
-        return self.box_logits(token_map, boxes, box_batch, rows)
+        return self.box_logits(token_map, boxes, box_batch, rows, context=emb)
 
 
 def build_model(cfg: ModelConfig, class_names: Sequence[str],
