@@ -75,3 +75,12 @@ def test_invalid_yaml(tmp_path):
     exp = _write(tmp_path / "exp.yaml", "train: [unclosed\n")
     with pytest.raises(InputError, match="exp.yaml: invalid YAML"):
         load_experiment(exp)
+
+
+def test_card_and_prompt_file_must_agree_on_class_count(tmp_path):
+    from vlcofit.experiment import build_labels
+    exp = _write(tmp_path / "exp.yaml", "datasets:\n  demo: {card: demo, num_classes: 9}\n"
+                                         "train: {datasets: [demo]}\n")
+    with pytest.raises(InputError, match=r"dataset demo: the card says num_classes=9 but .*demo.txt "
+                                         r"lists 8 classes"):
+        build_labels(load_experiment(exp))

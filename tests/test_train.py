@@ -148,3 +148,14 @@ def test_init_from_a_checkpoint(demo_data, tmp_path):
     bad = small_config(demo_data, tmp_path / "bad", "hf", f"model.init_from={tmp_path / 'first'}")
     with pytest.raises(InputError, match="no backbone weights fit this model"):
         train(bad)
+
+
+def test_bf16_mixed_precision_on_cpu(demo_data, tmp_path):
+    cfg = small_config(demo_data, tmp_path / "bf16", "open_clip", "train.mixed_precision=bf16",
+                       "train.steps=2", "train.eval_every=0", "eval.max_batches=1")
+    final = train(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train/loss"] for r in rows if "train/loss" in r]
+    assert len(losses) == 2 and all(0 < v < 10 for v in losses)
+    assert json.loads((tmp_path / "bf16" / "run.json").read_text())["mixed_precision"] == "bf16"
+    assert final["demo/count"] == 8

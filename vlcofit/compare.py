@@ -50,7 +50,8 @@ def compare(config: str, overrides: list[str], seeds: list[int], out: Path) -> d
                 else:
                     metrics = train(cfg)
             results[schedule].append(metrics)
-    keys = [k for k in results[SCHEDULES[0]][0] if not k.endswith(("/count", "/unreadable"))]
+    counts = ("/count", "/unreadable", "/keyframes")
+    keys = [k for k in results[SCHEDULES[0]][0] if not k.endswith(counts)]
     summary = {s: {k: _mean_std([m.get(k, float("nan")) for m in results[s]]) for k in keys}
                for s in SCHEDULES}
     report = {"config": str(config), "overrides": overrides, "seeds": seeds, "runs": results,
