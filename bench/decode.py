@@ -31,20 +31,20 @@ from vlcofit.data.video import BACKENDS, backend_available, open_video
 FPS, SECONDS, WIDTH, HEIGHT, GOP = 30, 10, 320, 240, 250
 
 
-def make_videos(folder: Path, count: int) -> list[Path]:
-    """``count`` textured, moving 10 s videos (compress like camera footage, not like noise)."""
+def make_videos(folder: Path, count: int, seconds: int = SECONDS) -> list[Path]:
+    """``count`` textured, moving videos (they compress like camera footage, not like noise)."""
     rng = np.random.default_rng(0)
     ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
     paths = []
     for v in range(count):
         texture = rng.uniform(0, 255, size=(HEIGHT // 8, WIDTH // 8, 3)).astype(np.float32)
         texture = np.kron(texture, np.ones((8, 8, 1), np.float32))
-        frames = np.empty((FPS * SECONDS, HEIGHT, WIDTH, 3), np.uint8)
+        frames = np.empty((FPS * seconds, HEIGHT, WIDTH, 3), np.uint8)
         for k in range(len(frames)):
             shifted = np.roll(texture, (k * 2, k * 3), axis=(0, 1))
             wave = 40 * np.sin((xs + 4 * k) / 17 + v)[..., None]
             frames[k] = np.clip(shifted * 0.7 + wave + rng.normal(0, 6, (HEIGHT, WIDTH, 1)), 0, 255)
-        path = folder / f"video{v}.mp4"
+        path = folder / f"video{v:03d}.mp4"
         write_video(path, frames, fps=FPS, gop=GOP)
         paths.append(path)
     return paths

@@ -15,7 +15,7 @@ from accelerate import Accelerator
 from vlcofit.data.ava_formats import (AvaTable, make_key, read_detections, write_detections,
                                       write_groundtruth, write_labelmap_pbtxt)
 from vlcofit.eval_localization import (class_groups, detections_table,
-                                       evaluate_localization, extract_box_scores)
+                                       evaluate_localization)
 from vlcofit.metrics import ava
 from vlcofit.prompts import ClassList
 

@@ -150,7 +150,16 @@ def test_init_from_a_checkpoint(demo_data, tmp_path):
         train(bad)
 
 
-def test_bf16_mixed_precision_on_cpu(demo_data, tmp_path):
+@pytest.fixture
+def fresh_accelerate_state():
+    # Accelerate keeps one mixed-precision setting per process; earlier tests trained in fp32.
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()
+
+
+def test_bf16_mixed_precision_on_cpu(demo_data, tmp_path, fresh_accelerate_state):
     cfg = small_config(demo_data, tmp_path / "bf16", "open_clip", "train.mixed_precision=bf16",
                        "train.steps=2", "train.eval_every=0", "eval.max_batches=1")
     final = train(cfg)
