@@ -295,6 +295,7 @@ from accelerate import Accelerator
 sys.path.insert(0, {tests!r})
 import test_eval_localization as T
 from pathlib import Path
+from vlcofit.eval_localization import extract_box_scores
 acc = Accelerator(cpu=True)
 data = [s for s in T.samples() if s["key"] != T.UNREADABLE]
 loader = acc.prepare(torch.utils.data.DataLoader(data, batch_size=2, collate_fn=T.collate))
@@ -302,7 +303,7 @@ tmp = Path({tmp!r})
 model = T.StandIn(T.PerfectHead())
 out = T.evaluate_localization(acc, model, loader, "ava", torch.arange(5), T.CLASSES,
                               tmp / "gt.csv", T.LABELMAP, out_dir=tmp / "eval")
-records, _ = T.extract_box_scores(acc, model, loader, model.class_matrix())
+records, _ = extract_box_scores(acc, model, loader, model.class_matrix())
 keys = [list(r[0]) for r in records]
 (tmp / f"rank{{acc.process_index}}.json").write_text(json.dumps([acc.num_processes, out, keys]))
 """

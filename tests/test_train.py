@@ -13,7 +13,8 @@ from vlcofit.config import load_experiment
 from vlcofit.config import ModelConfig
 from vlcofit.data.synthetic import make_demo_dataset
 from vlcofit.errors import InputError
-from vlcofit.runs import evaluate_checkpoint, zero_shot
+from vlcofit.runs import evaluate_checkpoint
+from vlcofit.zeroshot import zero_shot
 from vlcofit.train import train
 
 MODELS = {"open_clip": "tiny", "hf": "tiny_hf.json"}
@@ -119,7 +120,8 @@ def test_bad_videos_are_skipped_counted_and_fatal_past_fraction(demo_data, tmp_p
     assert sorted(Path(p).name for p in listed) == sorted(Path(v).name for v in victims)
     strict = small_config(data, tmp_path / "strict", "open_clip", "train.steps=8", "train.eval_every=0",
                           "train.max_bad_fraction=0.01")
-    with pytest.raises(InputError, match=r"[12] of 32 training videos of demo are unreadable, more than train.max_bad_fraction=0.01"):
+    with pytest.raises(InputError, match=r"[12] of 32 training videos of demo are unreadable, "
+                                         r"more than train.max_bad_fraction=0.01"):
         train(strict)
 
 

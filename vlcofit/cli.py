@@ -247,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--probe", action="store_true", help="also a frozen-encoder linear probe")
     f.add_argument("--probe-only", action="store_true", help="only the linear probe (no fine-tuning)")
     f.add_argument("--probe-checkpoint", default=None,
-                   help="encoder weights for the probe (checkpoint or run folder; default: the config's model)")
+                   help="encoder weights for the probe (checkpoint or run folder; "
+                        "default: the config's model)")
     f.add_argument("--splits", default=None,
                    help="folder of ready-made k{K}_seed{S}.csv split files to use instead of drawing")
     f.add_argument("--splits-only", action="store_true", help="write the split files and stop")

@@ -39,7 +39,8 @@ def write_run_json(path: Path, accelerator, seed: int, **extra) -> None:
         "end_time": None,
         "world_size": accelerator.num_processes,
         "device": str(accelerator.device),
-        "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+        "device_name": (torch.cuda.get_device_name() if torch.cuda.is_available()
+                        else platform.processor() or "cpu"),
         "mixed_precision": accelerator.mixed_precision,
         "seed": seed,
         "versions": package_versions(),

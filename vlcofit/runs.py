@@ -1,4 +1,4 @@
-"""Library entry points behind the CLI: evaluate a checkpoint, the demo (zero-shot: zeroshot.py)."""
+"""Library entry points behind the CLI: evaluate a checkpoint, run a built-in demo."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,6 @@ from .config import ExperimentConfig, load_experiment
 from .experiment import build_dataset, build_labels, build_loader, build_video_model
 from .tasks import task_of
 from .train import make_accelerator
-from .zeroshot import manifest_card, zero_shot  # noqa: F401  (moved there; still importable here)
 
 logger = logging.getLogger(__name__)
 

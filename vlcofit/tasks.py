@@ -37,8 +37,8 @@ class ClassificationTask:
         return F.cross_entropy(logits.float(), batch["label"], label_smoothing=t.label_smoothing)
 
     def evaluate(self, accelerator, model, loader, card: DatasetCard, rows: torch.Tensor,
-                 classes: ClassList, split: str, out_dir: Path | None, max_batches: int | None,
-                 train_set=None) -> dict[str, float]:
+                 classes: ClassList, split: str, out_dir: Path | None,
+                 max_batches: int | None) -> dict[str, float]:
         return evaluate_classification(accelerator, model, loader, card.name, rows, classes,
                                        out_dir=out_dir, max_batches=max_batches)
 
@@ -63,8 +63,8 @@ class LocalizationTask:
         return multilabel_loss(logits.float(), batch["labels"], kind=t.box_loss)
 
     def evaluate(self, accelerator, model, loader, card: DatasetCard, rows: torch.Tensor,
-                 classes: ClassList, split: str, out_dir: Path | None, max_batches: int | None,
-                 train_set=None) -> dict[str, float]:
+                 classes: ClassList, split: str, out_dir: Path | None,
+                 max_batches: int | None) -> dict[str, float]:
         from .data.localization import evaluation_labelmap, train_instance_counts
         from .eval_localization import evaluate_localization
         spec, root = card.localization, Path(card.root)

@@ -119,7 +119,7 @@ def train(cfg: ExperimentConfig, resume: str | None = None) -> dict[str, float]:
         checkpoint.load_matching(model, checkpoint.resolve(cfg.model.init_from))
     train_sets = {n: build_dataset(cfg.datasets[n], "train", labels.classes[n], model.backbone,
                                    train=True, seed=t.seed) for n in t.datasets}
-    mix = mixture.plan(cfg, {n: len(ds) for n, ds in train_sets.items()})
+    mix = mixture.plan(cfg, {n: len(ds) for n, ds in train_sets.items()})  # sizes: proportional
     logger.info("mixture (%s, %s):\n%s", t.sampling, t.schedule, mix.table())
     loaders = {n: build_loader(ds, t.batch_size, True, t.num_workers) for n, ds in train_sets.items()}
     eval_loaders = {n: build_loader(build_dataset(cfg.datasets[n], cfg.eval.split, labels.classes[n],
@@ -140,7 +140,8 @@ def train(cfg: ExperimentConfig, resume: str | None = None) -> dict[str, float]:
             (run_dir / "metrics.jsonl").write_text("")
         log = MetricsLog(run_dir / "metrics.jsonl", resume_step=step if resume_from else None)
     accelerator.init_trackers("tensorboard")
-    bad = BadVideos(run_dir / "bad_videos.txt", t.max_bad_fraction, {n: len(d) for n, d in train_sets.items()})
+    sizes = {n: len(d) for n, d in train_sets.items()}
+    bad = BadVideos(run_dir / "bad_videos.txt", t.max_bad_fraction, sizes)
     rows = {n: labels.rows(n).to(accelerator.device) for n in labels.classes}
     done = mix.counts(step)
     batches = {n: _batches(accelerator, loaders[n], train_sets[n], done[n] * t.grad_accum)

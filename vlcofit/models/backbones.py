@@ -209,7 +209,8 @@ def _build_hf(cfg: ModelConfig) -> Backbone:
         except (json.JSONDecodeError, TypeError, ValueError) as e:
             raise InputError(f"{path}: not a valid CLIPConfig JSON: {e}") from None
         model = CLIPModel(config)
-        tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=config.text_config.max_position_embeddings)
+        tokenizer = open_clip.get_tokenizer(
+            "ViT-B-32", context_length=config.text_config.max_position_embeddings)
         return HFCLIPBackbone(model, tokenizer, OPENAI_MEAN, OPENAI_STD)
     local = Path(name).expanduser()
     if not local.is_dir() and (local.exists() or name.startswith((".", "/", "~"))):
