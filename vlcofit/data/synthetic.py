@@ -131,6 +131,23 @@ def render_clip(label: str, rng: np.random.Generator, size: int = 64,
     return frames
 
 
+def already_made(root: Path, meta: dict) -> bool:
+    """Whether ``root`` holds a complete generated dataset made with exactly ``meta``; if not,
+    its stale mark is removed (``meta.json`` is written last, so a partial folder never counts)."""
+    meta_path = root / "meta.json"
+    if meta_path.is_file() and json.loads(meta_path.read_text()) == meta \
+            and all((root / f"{s}.csv").is_file() for s in ("train", "val")):
+        logger.info("generated data already in %s", root)
+        return True
+    meta_path.unlink(missing_ok=True)
+    return False
+
+
+def mark_made(root: Path, meta: dict) -> None:
+    """Record a finished generation (see :func:`already_made`)."""
+    (root / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
 def make_demo_dataset(root: str | Path, *, per_class_train: int = 40, per_class_val: int = 10,
                       size: int = 64, num_frames: int = 16, fps: int = 8, seed: int = 0) -> Path:
     """Write the demo dataset under ``root`` (see the module docstring); returns ``root``.
@@ -143,12 +160,8 @@ def make_demo_dataset(root: str | Path, *, per_class_train: int = 40, per_class_
     meta = {"version": _VERSION, "classes": list(DEMO_CLASSES), "per_class_train": per_class_train,
             "per_class_val": per_class_val, "size": size, "num_frames": num_frames, "fps": fps,
             "seed": seed}
-    meta_path = root / "meta.json"
-    if meta_path.is_file() and json.loads(meta_path.read_text()) == meta \
-            and all((root / f"{s}.csv").is_file() for s in ("train", "val")):
-        logger.info("demo dataset already in %s", root)
+    if already_made(root, meta):
         return root
-    meta_path.unlink(missing_ok=True)  # written last: a partial folder is never taken as complete
     for split_index, (split, per_class) in enumerate((("train", per_class_train),
                                                       ("val", per_class_val))):
         folder = root / split
@@ -163,6 +176,6 @@ def make_demo_dataset(root: str | Path, *, per_class_train: int = 40, per_class_
             write_video(root / name, render_clip(label, rng, size, num_frames), fps=fps)
             rows.append(f"{name},{label}")
         (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
-    meta_path.write_text(json.dumps(meta, indent=1) + "\n")
+    mark_made(root, meta)
     logger.info("wrote the demo dataset to %s", root)
     return root

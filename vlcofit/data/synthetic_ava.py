@@ -23,7 +23,6 @@ Layout under ``root`` (official AVA formats, readable by :mod:`vlcofit.data.ava_
 """
 from __future__ import annotations
 
-import json
 import logging
 import pickle
 from dataclasses import dataclass
@@ -32,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from .ava_formats import AvaTable, format_timestamp, write_groundtruth, write_labelmap_pbtxt
-from .synthetic import SHAPES, _colours, _coverage, write_video  # the classification demo's drawing
+# the classification demo's drawing and generation bookkeeping
+from .synthetic import SHAPES, _colours, _coverage, already_made, mark_made, write_video
 
 logger = logging.getLogger(__name__)
 
@@ -241,12 +241,8 @@ def make_demo_ava(root: str | Path, *, num_train_videos: int = 32, num_val_video
     meta = {"version": _VERSION, "actions": {str(k): v for k, v in DEMO_AVA_ACTIONS.items()},
             "num_train_videos": num_train_videos, "num_val_videos": num_val_videos,
             "size": [width, height], "fps": fps, "seconds": seconds, "seed": seed}
-    meta_path = root / "meta.json"
-    if meta_path.is_file() and json.loads(meta_path.read_text()) == meta \
-            and all((root / f"{s}.csv").is_file() for s in ("train", "val")):
-        logger.info("localisation demo already in %s", root)
+    if already_made(root, meta):
         return root
-    meta_path.unlink(missing_ok=True)  # written last: a partial folder is never taken as complete
     (root / "videos").mkdir(parents=True, exist_ok=True)
     for stale in (root / "videos").glob("*_[0-9][0-9][0-9].mp4"):  # only files named as ours
         stale.unlink()
@@ -260,6 +256,6 @@ def make_demo_ava(root: str | Path, *, num_train_videos: int = 32, num_val_video
     (root / "val_excluded_timestamps.csv").write_text(
         "".join(f"{v},{format_timestamp(t)}\n" for v, t in excluded))
     write_labelmap_pbtxt(root / "labelmap.pbtxt", DEMO_AVA_ACTIONS)
-    meta_path.write_text(json.dumps(meta, indent=1) + "\n")
+    mark_made(root, meta)
     logger.info("wrote the localisation demo to %s", root)
     return root
