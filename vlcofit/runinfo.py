@@ -79,7 +79,7 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def plot_learning_curves(metrics_path: Path, out: Path) -> Path | None:
-    """Training loss and every evaluation metric against step, one panel each."""
+    """Training loss and each dataset's headline metric (top-1 or mAP) against step."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -88,7 +88,8 @@ def plot_learning_curves(metrics_path: Path, out: Path) -> Path | None:
     series: dict[str, list[tuple[int, float]]] = {}
     for row in rows:
         for key, value in row.items():
-            if key != "step" and isinstance(value, (int, float)) and (key == "train/loss" or "/top1" in key):
+            headline = key == "train/loss" or key.endswith(("/top1", "/mAP"))
+            if headline and isinstance(value, (int, float)):
                 series.setdefault(key, []).append((row["step"], value))
     if not series:
         return None

@@ -60,4 +60,5 @@ def run_demo(out: Path, overrides: list[str], which: str = "classification",
         clean_run_dir(run_dir)
     roots = [f"datasets.{n}.root={path}" for n, path in data.items()]
     cfg = load_experiment(name, [*roots, f"output_dir={run_dir}", *overrides])
-    return train(cfg), run_dir
+    resume = "latest" if not fresh and (run_dir / "checkpoints" / "latest").is_file() else None
+    return train(cfg, resume=resume), run_dir

@@ -6,6 +6,7 @@ accuracy metrics. Localisation: the box head (sigmoid, multi-label), AVA frame-m
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -65,16 +66,23 @@ class LocalizationTask:
     def evaluate(self, accelerator, model, loader, card: DatasetCard, rows: torch.Tensor,
                  classes: ClassList, split: str, out_dir: Path | None,
                  max_batches: int | None) -> dict[str, float]:
-        from .data.localization import evaluation_labelmap, train_instance_counts
+        from .data.localization import evaluation_labelmap
         from .eval_localization import evaluate_localization
         spec, root = card.localization, Path(card.root)
         labelmap = evaluation_labelmap(card, classes)
         exclusions = getattr(spec, f"exclusions_{split}", None)
-        counts = train_instance_counts(card, classes) if card.train else None
+        counts = _train_counts(card, classes) if card.train else None
         return evaluate_localization(
             accelerator, model, loader, card.name, rows, classes, root / card.split_file(split),
             labelmap, exclusions_path=root / exclusions if exclusions else None, out_dir=out_dir,
             train_counts=counts, thresholds=tuple(spec.head_mid_tail), max_batches=max_batches)
+
+
+@lru_cache(maxsize=8)
+def _train_counts(card: DatasetCard, classes: ClassList):
+    """Training instances per class, read once per run, not at every periodic evaluation."""
+    from .data.localization import train_instance_counts
+    return train_instance_counts(card, classes)
 
 
 TASKS = {"classification": ClassificationTask(), "localization": LocalizationTask()}
