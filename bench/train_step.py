@@ -1,10 +1,16 @@
 """vlcofit's training step vs a bare PyTorch loop doing the same work on the same model and tensors.
 
     python bench/train_step.py [--steps 30] [--batch 8] [--frames 8] [--model tiny]
+    python bench/train_step.py --model ViT-B-16 --batch 32 --mixed-precision bf16   # on a GPU
 
-Both loops: forward, cross-entropy, backward, gradient clipping, AdamW step. vlcofit's adds what
-it does on every step: Accelerate (autocast context, backward, clipping), the task dispatch,
+Both loops: forward, cross-entropy, backward, gradient clipping, AdamW step, in the same
+precision (bf16/fp16 autocast or fp32) on the same device (a GPU when there is one). vlcofit's adds
+what it does on every step: Accelerate (autocast context, backward, clipping), the task dispatch,
 the bad-video bookkeeping and the gradient-accumulation plumbing. Target: ratio <= 1.10.
+
+Also printed: model FLOPs per step (counted by torch.utils.flop_counter on one forward+backward),
+the model FLOPs utilisation (MFU) against the device's dense peak for the precision, and the
+peak GPU memory of vlcofit's loop alone.
 """
 from __future__ import annotations
 
@@ -13,11 +19,13 @@ import copy
 import os
 import statistics
 import time
+from contextlib import nullcontext
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from vlcofit.config import ExperimentConfig, ModelConfig, TrainConfig
 from vlcofit.models.video import build_model
@@ -25,14 +33,29 @@ from vlcofit.optim import build_optimizer
 from vlcofit.tasks import TASKS
 from vlcofit.train import _optimizer_step, make_accelerator
 
+# Dense bf16/fp16 tensor-core peaks (TFLOP/s) from NVIDIA's data sheets, by a substring of the
+# device name, most specific first. No MFU for fp32: its peak depends on whether TF32 is enabled.
+PEAK_TFLOPS = {"H100 PCIe": 756, "H100": 989, "H200": 989, "A100": 312}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-def _time(step, n: int, warmup: int = 5) -> list[float]:
+
+def peak_tflops(device: torch.device, precision: str) -> float | None:
+    if device.type != "cuda" or precision not in DTYPES:
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_TFLOPS.items() if key in name), None)
+
+
+def _time(step, n: int, device: torch.device, warmup: int = 5) -> list[float]:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         step()
     out = []
     for _ in range(n):
+        sync()
         start = time.perf_counter()
         step()
+        sync()
         out.append(time.perf_counter() - start)
     return out
 
@@ -44,32 +67,59 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--model", default="tiny")
     p.add_argument("--backbone", default="open_clip")
+    p.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
+    p.add_argument("--cpu", action="store_true", help="stay on the CPU even with a GPU")
+    p.add_argument("--compile", action="store_true", help="torch.compile both models' forward")
+    p.add_argument("--profile", action="store_true",
+                   help="also print the 15 most expensive ops of 3 vlcofit steps")
     args = p.parse_args()
+    if args.cpu:
+        os.environ["ACCELERATE_USE_CPU"] = "1"
     torch.manual_seed(0)
     names = [f"class {i}" for i in range(8)]
     mcfg = ModelConfig(backbone=args.backbone, name=args.model)
-    tcfg = TrainConfig(steps=1000, batch_size=args.batch, warmup_steps=0, clip_grad=1.0)
+    tcfg = TrainConfig(steps=1000, batch_size=args.batch, warmup_steps=0, clip_grad=1.0,
+                       mixed_precision=args.mixed_precision)
+    accelerator = make_accelerator(ExperimentConfig(train=tcfg), None)
+    device = accelerator.device
     base_model = build_model(mcfg, names, [("a video of a person {}.",)] * len(names))
     size = base_model.backbone.image_size
-    video = torch.randn(args.batch, args.frames, 3, size, size)
-    label = torch.randint(0, len(names), (args.batch,))
-    rows = torch.arange(len(names))
+    video = torch.randn(args.batch, args.frames, 3, size, size, device=device)
+    label = torch.randint(0, len(names), (args.batch,), device=device)
+    rows = torch.arange(len(names), device=device)
 
     # bare PyTorch
-    bare = copy.deepcopy(base_model).train()
+    bare = copy.deepcopy(base_model).to(device).train()
     bare_opt = build_optimizer(bare, bare.new_parameter_names(), tcfg)
+    if args.compile:
+        bare.compile()
+    autocast = (lambda: torch.autocast(device.type, dtype=DTYPES[args.mixed_precision])) \
+        if args.mixed_precision != "no" else nullcontext
+    scaler = torch.amp.GradScaler(device.type, enabled=args.mixed_precision == "fp16")
+
+    def bare_forward_backward() -> None:
+        with autocast():
+            loss = F.cross_entropy(bare(video, rows).float(), label)
+        scaler.scale(loss).backward()
 
     def bare_step() -> None:
-        loss = F.cross_entropy(bare(video, rows).float(), label)
-        loss.backward()
+        bare_forward_backward()
+        scaler.unscale_(bare_opt)
         torch.nn.utils.clip_grad_norm_(bare.parameters(), 1.0)
-        bare_opt.step()
+        scaler.step(bare_opt)
+        scaler.update()
         bare_opt.zero_grad(set_to_none=True)
+
+    with FlopCounterMode(display=False) as counter:
+        bare_forward_backward()
+    flops = counter.get_total_flops()
+    bare_opt.zero_grad(set_to_none=True)
 
     # vlcofit
     ours = copy.deepcopy(base_model)
-    accelerator = make_accelerator(ExperimentConfig(train=tcfg), None)
     opt = build_optimizer(ours, ours.new_parameter_names(), tcfg)
+    if args.compile:
+        ours.compile()
     ours, opt = accelerator.prepare(ours, opt)
     ours.train()
     batch = {"video": video, "label": label, "bad": []}
@@ -82,15 +132,41 @@ def main() -> None:
     # interleave rounds so drift in machine load hits both equally
     bare_t, our_t = [], []
     for _ in range(3):
-        bare_t += _time(bare_step, args.steps // 3)
-        our_t += _time(our_step, args.steps // 3)
+        bare_t += _time(bare_step, args.steps // 3, device)
+        our_t += _time(our_step, args.steps // 3, device)
     b, o = statistics.median(bare_t), statistics.median(our_t)
-    clips = args.batch
-    print(f"model {args.backbone}:{args.model}, batch {args.batch} x {args.frames} frames x {size}px, "
-          f"{torch.get_num_threads()} threads, device cpu, {len(bare_t)} timed steps each (median)")
-    print(f"{'loop':<14} {'ms/step':>9} {'clips/s':>9} {'ratio':>7}")
-    print(f"{'bare PyTorch':<14} {1000 * b:9.1f} {clips / b:9.1f} {1.0:7.3f}")
-    print(f"{'vlcofit':<14} {1000 * o:9.1f} {clips / o:9.1f} {o / b:7.3f}")
+
+    peak_mem = None
+    if device.type == "cuda":  # vlcofit's loop alone: the bare model and its state freed first
+        del bare, bare_opt
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        _time(our_step, 3, device, warmup=0)
+        peak_mem = torch.cuda.max_memory_allocated(device) / 2**30
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            _time(our_step, 3, device, warmup=0)
+        sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+        print(prof.key_averages().table(sort_by=sort, row_limit=15, max_name_column_width=60))
+
+    peak = peak_tflops(device, args.mixed_precision)
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"cpu, {torch.get_num_threads()} threads"
+    print(f"model {args.backbone}:{args.model}{' (compiled)' if args.compile else ''}, batch {args.batch} x {args.frames} frames x "
+          f"{size}px, precision {args.mixed_precision}, device {dev_name}, "
+          f"{len(bare_t)} timed steps each (median)")
+    print(f"model FLOPs per step (forward + backward): {flops / 1e12:.3f} TFLOP"
+          + (f"; MFU against a dense peak of {peak} TFLOP/s" if peak else ""))
+    print(f"{'loop':<14} {'ms/step':>9} {'clips/s':>9} {'TFLOP/s':>9} {'MFU':>7} {'ratio':>7}")
+    for name, sec in (("bare PyTorch", b), ("vlcofit", o)):
+        achieved = flops / sec / 1e12
+        mfu = f"{100 * achieved / peak:6.1f}%" if peak else f"{'-':>7}"
+        print(f"{name:<14} {1000 * sec:9.1f} {args.batch / sec:9.1f} {achieved:9.2f} {mfu} "
+              f"{sec / b:7.3f}")
+    if peak_mem is not None:
+        print(f"peak GPU memory, vlcofit loop alone: {peak_mem:.2f} GiB")
 
 
 if __name__ == "__main__":

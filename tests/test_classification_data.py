@@ -277,6 +277,19 @@ def test_dataloader_with_workers(videos):
     assert torch.equal(batches[0]["video"][0], data[0]["video"])  # same in a worker process
 
 
+def test_persistent_workers_see_the_new_epoch(videos):
+    data = _dataset(videos, train=True)
+    loader = torch.utils.data.DataLoader(data, batch_size=2, num_workers=1, collate_fn=collate,
+                                         persistent_workers=True)
+    seen = []
+    for epoch in (0, 1):
+        data.set_epoch(epoch)
+        seen.append(torch.cat([b["video"] for b in loader]))
+        in_main = torch.stack([data[i]["video"] for i in range(len(data))])
+        assert torch.equal(seen[-1], in_main)  # the worker drew what epoch `epoch` draws here
+    assert not torch.equal(seen[0], seen[1])
+
+
 def test_uninstalled_decoder_is_an_input_error(videos):
     card = DatasetCard(name="x", prompts="x", decoder="decord")
     try:

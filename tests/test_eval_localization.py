@@ -1,9 +1,6 @@
 """Localisation evaluation: hand-made batches in the LOCALIZATION.md format, a stand-in model
 whose box scores are known, a real Accelerator (and two real processes in one test)."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -295,6 +292,7 @@ from accelerate import Accelerator
 sys.path.insert(0, {tests!r})
 import test_eval_localization as T
 from pathlib import Path
+from vlcofit.distributed import end_processes
 from vlcofit.eval_localization import extract_box_scores
 acc = Accelerator(cpu=True)
 data = [s for s in T.samples() if s["key"] != T.UNREADABLE]
@@ -306,19 +304,15 @@ out = T.evaluate_localization(acc, model, loader, "ava", torch.arange(5), T.CLAS
 records, _ = extract_box_scores(acc, model, loader, model.class_matrix())
 keys = [list(r[0]) for r in records]
 (tmp / f"rank{{acc.process_index}}.json").write_text(json.dumps([acc.num_processes, out, keys]))
+end_processes()
 """
 
 
-def test_two_processes_gather_every_sample_once(tmp_path):
+def test_two_processes_gather_every_sample_once(tmp_path, launch_two):
     write_gt(tmp_path / "gt.csv")
     script = tmp_path / "run.py"
     script.write_text(SCRIPT.format(tests=str(Path(__file__).parent), tmp=str(tmp_path)))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-           "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", "29531", str(script)]
-    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    launch_two([script], port=29531)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert results[0] == results[1]  # both processes see the main process's metrics
     world, out, keys = results[0]

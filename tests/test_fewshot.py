@@ -1,9 +1,6 @@
 """Few-shot: deterministic K-shot splits (identical across two real processes), fine-tuning per
 (K, seed) with mean ± std, the linear probe, and bad input."""
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -20,11 +17,6 @@ from vlcofit.errors import InputError
 from vlcofit.fewshot import (PROBE_WEIGHT_DECAYS, choose_weight_decay, few_shot, fit_linear_probe,
                              kshot_indices, split_text)
 from vlcofit.prompts import ClassList, read_class_list
-
-LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-          "--main_process_port", "29531"]
-
 
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory) -> Path:
@@ -53,7 +45,7 @@ def test_kshot_indices_are_deterministic_and_balanced():
         kshot_indices(labels, classes, 6, seed=0)
 
 
-def test_split_files_identical_across_two_processes(tmp_path):
+def test_split_files_identical_across_two_processes(tmp_path, launch_two):
     root = tmp_path / "data"
     root.mkdir()  # read_records does not open videos: names are enough
     rows = ["path,label"] + [f"v{i:03d}.mp4,{DEMO_CLASSES[i % 8]}" for i in range(8 * 6)]
@@ -63,7 +55,8 @@ def test_split_files_identical_across_two_processes(tmp_path):
         from pathlib import Path
         from vlcofit.config import DatasetCard
         from vlcofit.data.classification import read_records
-        from vlcofit.fewshot import prepare_split, process_state
+        from vlcofit.distributed import end_processes, process_state
+        from vlcofit.fewshot import prepare_split
         from vlcofit.prompts import read_class_list
         state = process_state()
         out = Path({str(tmp_path / 'out')!r})
@@ -76,10 +69,9 @@ def test_split_files_identical_across_two_processes(tmp_path):
                 mine = out / f"rank{{state.process_index}}_k{{k}}_seed{{seed}}.csv"
                 mine.write_text(",".join(map(str, chosen)) + "\\n" + path.read_text())
         (out / f"world{{state.process_index}}").write_text(str(state.num_processes))
+        end_processes()
     """))
-    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONHASHSEED="random")
-    proc = subprocess.run(LAUNCH + [str(script)], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    launch_two([script], port=29532, env={"PYTHONHASHSEED": "random"})
     out = tmp_path / "out"
     assert (out / "world0").read_text() == (out / "world1").read_text() == "2"
     card = DatasetCard(name="demo", root=str(root), train="train.csv", prompts="demo")

@@ -1,8 +1,5 @@
 """Dataset mixtures: sampling proportions, the sequential schedule, label union, bad configs."""
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -134,25 +131,22 @@ SCRIPT = """
 import sys, numpy as np
 from accelerate import Accelerator
 from vlcofit.config import load_experiment
+from vlcofit.distributed import end_processes
 from vlcofit.mixture import plan
 acc = Accelerator(cpu=True)
 cfg = load_experiment(sys.argv[1], ["train.steps=2000", "train.sampling=temperature"])
 sched = plan(cfg, {"a": 1000, "b": 100, "c": 10}).schedule
 np.save(f"{sys.argv[2]}/rank{acc.process_index}.npy", sched)
 open(f"{sys.argv[2]}/world{acc.process_index}.txt", "w").write(str(acc.num_processes))
+end_processes()
 """
 
 
-def test_two_processes_draw_the_same_datasets(tmp_path):
+def test_two_processes_draw_the_same_datasets(tmp_path, launch_two):
     _cfg(tmp_path)  # writes mix.yaml
     script = tmp_path / "draw.py"
     script.write_text(SCRIPT)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", "29518", str(script), str(tmp_path / "mix.yaml"), str(tmp_path)]
-    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    launch_two([script, tmp_path / "mix.yaml", tmp_path], port=29518)
     # each rank writes its own file: printed lines of two processes can interleave
     assert [(tmp_path / f"world{r}.txt").read_text() for r in (0, 1)] == ["2", "2"]
     a, b = np.load(tmp_path / "rank0.npy"), np.load(tmp_path / "rank1.npy")

@@ -140,6 +140,7 @@ def test_predict_boxes_per_person(videos, labels, tmp_path):
     assert out[0]["top"] != out[1]["top"]  # two persons in one frame score differently
     # by hand: 4 frames 2 apart around 0.5 s, the frame squashed to the model's size
     clip = read_clip_at(videos[0], 0.5, 4, 2)
+    model.cpu()  # predict_boxes moved it to the GPU where there is one
     b = model.backbone
     video, kept, _ = BoxEvalTransform(b.image_size, b.mean, b.std)(clip, torch.tensor([[0.5, 0, 1, 1.0]]))
     with torch.no_grad():

@@ -306,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         args.func(args)
+        from .distributed import end_processes  # here: `vlcofit --help` need not import torch
+        end_processes()
     except InputError as e:
         print(f"vlcofit: error: {e}", file=sys.stderr)
         return 2

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from .config import ExperimentConfig, load_experiment
 from .data.classification import VideoRecord, read_records
+from .distributed import process_state
 from .errors import InputError, at
 from .experiment import build_labels, read_card_classes
 from .prompts import ClassList
@@ -133,15 +134,6 @@ def prepare_split(out_dir: Path, records: Sequence[VideoRecord], classes: ClassL
         raise RuntimeError(f"{path}: process {state.process_index} computed another K-shot split "
                            "than the main process wrote")
     return path, chosen
-
-
-def process_state():
-    """Accelerate's process state, honouring ``ACCELERATE_USE_CPU`` as Accelerator does (a bare
-    ``PartialState()`` ignores it and would set up a CPU run as a single process)."""
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
 def kshot_config(cfg: ExperimentConfig, split: Path, run_dir: Path) -> ExperimentConfig:

@@ -163,7 +163,9 @@ def train(cfg: ExperimentConfig, resume: str | None = None) -> dict[str, float]:
     bar = tqdm(total=t.steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
                disable=not accelerator.is_main_process)
     model.train()
-    window = torch.zeros(2 * len(t.datasets) + 1, dtype=torch.float64)  # per dataset: loss sum, steps
+    # per dataset: loss sum, steps; then clips. On the device: reading a loss back every step
+    # would make the host wait for the GPU at each step instead of queueing the next one.
+    window = torch.zeros(2 * len(t.datasets) + 1, dtype=torch.float64, device=accelerator.device)
     window_start = time.perf_counter()
     while step < t.steps:
         i = int(mix.schedule[step])
@@ -208,7 +210,7 @@ def train(cfg: ExperimentConfig, resume: str | None = None) -> dict[str, float]:
 def _log_row(accelerator, model, scheduler, names, window: torch.Tensor, step: int,
              elapsed: float, bad: int) -> dict[str, float]:
     """Loss per dataset and overall (averaged over processes), learning rates, throughput."""
-    total = accelerator.reduce(window.to(accelerator.device), "sum").cpu()
+    total = accelerator.reduce(window, "sum").cpu()
     n = accelerator.num_processes
     losses, counts = total[0:-1:2] / n, total[1:-1:2] / n
     row = {"step": step, "train/loss": float(losses.sum() / counts.sum().clamp(min=1))}
@@ -220,13 +222,15 @@ def _log_row(accelerator, model, scheduler, names, window: torch.Tensor, step: i
                 "train/logit_scale": accelerator.unwrap_model(model).logit_scale.exp().item(),
                 "train/clips_per_s": float(total[-1]) / n / max(elapsed, 1e-9),
                 "train/bad_videos": bad})
+    if accelerator.device.type == "cuda":  # this process's peak since the run started
+        row["train/peak_mem_gib"] = torch.cuda.max_memory_allocated(accelerator.device) / 2**30
     return row
 
 
 def _optimizer_step(accelerator, model, optimizer, batches, rows: torch.Tensor, task, t,
-                    report_bad, loss_weight: float = 1.0) -> float:
+                    report_bad, loss_weight: float = 1.0) -> torch.Tensor:
     """One optimizer step over ``grad_accum`` micro-batches of one dataset; returns the mean
-    (unweighted) micro-batch loss."""
+    (unweighted) micro-batch loss as a detached tensor on the device (no host sync)."""
     total = 0.0
     for micro in range(t.grad_accum):
         batch = next(batches)
@@ -237,7 +241,7 @@ def _optimizer_step(accelerator, model, optimizer, batches, rows: torch.Tensor, 
             with accelerator.autocast():
                 loss = task.loss(model, batch, rows, t)
             accelerator.backward(loss * (loss_weight / t.grad_accum))
-        total += loss.item()
+        total = total + loss.detach()
     if t.clip_grad:
         accelerator.clip_grad_norm_(model.parameters(), t.clip_grad)
     optimizer.step()

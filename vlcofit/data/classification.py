@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 from ..config import DatasetCard
 from ..errors import InputError, at
 from ..prompts import ClassList, canonical_name
-from .sampling import sample_indices
+from .sampling import SharedEpoch, sample_indices
 from .video import VideoError, check_backend, open_video
 
 logger = logging.getLogger(__name__)
@@ -295,7 +295,8 @@ class ClassificationDataset(Dataset):
             raise InputError(f"dataset {card.name}: no videos")
         self.records = list(records)
         self.card, self.transform, self.train = card, transform, train
-        self.seed, self.epoch, self.max_tries = seed, 0, max_tries
+        self.seed, self.max_tries = seed, max_tries
+        self._epoch = SharedEpoch()
         self.backend = backend or card.decoder
         check_backend(self.backend)
 
@@ -307,7 +308,11 @@ class ClassificationDataset(Dataset):
         return cls(read_records(card, split, classes), card, transform, train, seed)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch.set(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.get()
 
     def __len__(self) -> int:
         return len(self.records)

@@ -50,6 +50,7 @@ from ..resources import find
 from .ava_formats import (Key, KeyframeBoxes, format_timestamp, group_boxes, read_exclusions,
                           read_groundtruth, read_labelmap, read_proposals, validate_proposal_keys)
 from .box_transforms import build_box_transform
+from .sampling import SharedEpoch
 from .video import VideoError, check_backend, read_clip_at
 
 logger = logging.getLogger(__name__)
@@ -219,7 +220,8 @@ class LocalizationDataset(Dataset):
             raise InputError(f"dataset {card.name}: localization.media must be one of {MEDIA}, "
                              f"got {spec.media!r}")
         self.card, self.split, self.classes, self.train = card, split, classes, train
-        self.seed, self.epoch, self.max_tries = seed, 0, max_tries
+        self.seed, self.max_tries = seed, max_tries
+        self._epoch = SharedEpoch()
         self.backend = backend or card.decoder
         check_backend(self.backend)
         self.keys, self.gt = read_keyframes(card, split, classes, train)
@@ -251,7 +253,11 @@ class LocalizationDataset(Dataset):
                            "; they get the whole frame as their box (score 0)")
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch.set(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.get()
 
     def __len__(self) -> int:
         return len(self.keys)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 SAMPLINGS = ("tsn", "dense")
 
@@ -99,3 +100,18 @@ def _rng(rng: np.random.Generator | None) -> np.random.Generator:
     if rng is None:
         raise ValueError("training sampling needs an rng (numpy.random.Generator)")
     return rng
+
+
+class SharedEpoch:
+    """The training epoch, as persistent DataLoader workers must see it: a one-element tensor in
+    shared memory. A plain attribute set in the main process would stay at its old value in the
+    workers' copies of the dataset, and every epoch would repeat the first one's draws."""
+
+    def __init__(self) -> None:
+        self._value = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def set(self, epoch: int) -> None:
+        self._value.fill_(epoch)
+
+    def get(self) -> int:
+        return int(self._value.item())
