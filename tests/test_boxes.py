@@ -77,6 +77,28 @@ def test_box_pools_its_own_region_and_time_average():
                                torch.stack(per_frame).mean(0), atol=1e-5, rtol=0)
 
 
+def test_temporal_transformer_starts_as_mean_and_sees_frame_order():
+    torch.manual_seed(0)
+    token_map, boxes, box_batch = _inputs(t=4, hw=7)
+    head = BoxHead(16, 8, temporal="transformer")
+    mean = BoxHead(16, 8).roi_features(token_map, boxes, box_batch)
+    torch.testing.assert_close(head.roi_features(token_map, boxes, box_batch), mean,
+                               atol=1e-5, rtol=0)  # fresh: exactly the time-averaged pooling
+    with torch.no_grad():  # a trained module: reversing the frames now changes the features
+        head.temporal.out.weight.normal_(std=0.5)
+    forward = head.roi_features(token_map, boxes, box_batch)
+    backward = head.roi_features(token_map.flip(2), boxes, box_batch)
+    assert not torch.allclose(forward, backward, atol=1e-3)
+    # each box is pooled on its own clip's frames
+    alone = head.roi_features(token_map[1:], boxes[1:], torch.tensor([0, 0]))
+    torch.testing.assert_close(forward[1:], alone)
+    token_map.requires_grad_(True)
+    head(token_map, boxes, box_batch, torch.randn(2, 8)).sum().backward()
+    assert token_map.grad.abs().sum() > 0 and head.temporal.pos.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="temporal"):
+        BoxHead(16, 8, temporal="lstm")
+
+
 def test_box_batch_is_respected():
     head = BoxHead(16, 8)
     token_map, boxes, box_batch = _inputs()

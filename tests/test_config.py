@@ -84,3 +84,11 @@ def test_card_and_prompt_file_must_agree_on_class_count(tmp_path):
     with pytest.raises(InputError, match=r"dataset demo: the card says num_classes=9 but .*demo.txt "
                                          r"lists 8 classes"):
         build_labels(load_experiment(exp))
+
+
+@pytest.mark.parametrize("key,value", [("model.temporal", "lstm"), ("model.box_temporal", "lstm"),
+                                       ("model.backbone", "timm")])
+def test_bad_model_choices_name_the_key(tmp_path, key, value):
+    exp = _write(tmp_path / "exp.yaml", "datasets:\n  demo: {card: demo}\ntrain: {datasets: [demo]}\n")
+    with pytest.raises(InputError, match=rf"exp.yaml.*{key} must be"):
+        load_experiment(exp, [f"{key}={value}"])

@@ -8,7 +8,8 @@ import pytest
 
 from vlcofit.config import load_card
 from vlcofit.data.classification import read_records
-from vlcofit.data.synthetic import DEMO_CLASSES, _motion, make_demo_dataset, render_clip
+from vlcofit.data.synthetic import (DEMO_CLASSES, _motion, make_demo_dataset, render_clip,
+                                    write_video)
 from vlcofit.data.video import open_video
 from vlcofit.prompts import read_class_list
 
@@ -52,6 +53,16 @@ def test_deterministic_and_idempotent(demo, tmp_path):
     assert (again / "train/000000.mp4").stat().st_mtime_ns == stamp
     make_demo_dataset(again, **{**SMALL, "seed": 1})  # new parameters: regenerated
     assert (demo / "train/000000.mp4").read_bytes() != (again / "train/000000.mp4").read_bytes()
+
+
+def test_video_bytes_do_not_depend_on_buffer_alignment(tmp_path):
+    frames = render_clip("growing", np.random.default_rng(0), 32, 4)
+    buf = np.zeros(frames.nbytes + 1, dtype=np.uint8)
+    odd = np.frombuffer(buf.data, dtype=np.uint8, count=frames.size, offset=1).reshape(frames.shape)
+    odd[:] = frames  # same pixels, at an odd address
+    write_video(tmp_path / "a.mp4", frames)
+    write_video(tmp_path / "b.mp4", odd)
+    assert (tmp_path / "a.mp4").read_bytes() == (tmp_path / "b.mp4").read_bytes()
 
 
 def _shape_mask(frames: np.ndarray) -> np.ndarray:

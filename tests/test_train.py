@@ -170,3 +170,28 @@ def test_bf16_mixed_precision_on_cpu(demo_data, tmp_path, fresh_accelerate_state
     assert len(losses) == 2 and all(0 < v < 10 for v in losses)
     assert json.loads((tmp_path / "bf16" / "run.json").read_text())["mixed_precision"] == "bf16"
     assert final["demo/count"] == 8
+
+
+def test_demos_keep_their_own_run_folders_and_resume(tmp_path, monkeypatch, capsys):
+    import vlcofit.runs as runs
+    from vlcofit.data.synthetic_ava import make_demo_ava
+    small = {"demo": lambda root: make_demo_dataset(root, per_class_train=2, per_class_val=1),
+             "demo_ava": lambda root: make_demo_ava(root, num_train_videos=3, num_val_videos=2,
+                                                     seconds=4)}
+    monkeypatch.setattr(runs, "demo_generators", lambda: small)
+    quick = ["--set", "train.eval_every=0", "--set", "train.num_workers=0", "--set",
+             "train.warmup_steps=1", "--set", "eval.max_batches=1"]
+    assert main(["demo", "--out", str(tmp_path), "--set", "train.steps=2", *quick]) == 0
+    cls = tmp_path / "classification"
+    assert (cls / "checkpoints" / "latest").read_text().strip().endswith("step_000002")
+    # --keep resumes the demo's own run: the first run's log rows stay, training goes on
+    assert main(["demo", "--out", str(tmp_path), "--keep", "--set", "train.steps=3", *quick]) == 0
+    steps = [json.loads(r)["step"] for r in (cls / "metrics.jsonl").read_text().splitlines()]
+    assert 2 in steps and 3 in steps
+    assert (cls / "checkpoints" / "latest").read_text().strip().endswith("step_000003")
+    # another demo gets another folder and leaves this one alone
+    assert main(["demo", "localization", "--out", str(tmp_path), "--set", "train.steps=1", *quick]) == 0
+    assert (tmp_path / "localization" / "run.json").is_file()
+    assert (cls / "checkpoints" / "latest").read_text().strip().endswith("step_000003")
+    out = capsys.readouterr().out
+    assert "frame-mAP" in out and f"run folder: {tmp_path / 'localization'}" in out

@@ -95,6 +95,9 @@ class ModelConfig:
     pretrained: str | None = None  # open_clip tag (openai) or local weights file; None: as `name` says
     temporal: str = "transformer"  # mean | transformer
     temporal_layers: int = 1
+    # localisation box head: mean (time-averaged token map, SlowFast-style) | transformer
+    # (per-frame RoIs through a temporal transformer: keeps the order of frames, for motion)
+    box_temporal: str = "mean"
     head: str = "text"  # text (class-name embeddings) | linear (random-init, for comparison)
     train_text: bool = False  # text tower frozen (Text4Vis) unless set
     cache_dir: str | None = None  # where hub downloads go
@@ -323,6 +326,8 @@ def _check_experiment(cfg: ExperimentConfig, where: str) -> None:
     checks = [
         (m.backbone in ("open_clip", "hf"), "model.backbone must be open_clip or hf"),
         (m.temporal in ("mean", "transformer"), "model.temporal must be mean or transformer"),
+        (m.box_temporal in ("mean", "transformer"),
+         "model.box_temporal must be mean or transformer"),
         (m.head in ("text", "linear"), "model.head must be text or linear"),
         (t.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision must be no, bf16 or fp16"),
         (t.steps >= 1 and t.batch_size >= 1 and t.grad_accum >= 1,

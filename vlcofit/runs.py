@@ -47,7 +47,9 @@ DEMOS = {"classification": "demo", "localization": "demo_ava", "cofinetune": "co
 
 def run_demo(out: Path, overrides: list[str], which: str = "classification",
              fresh: bool = True) -> tuple[dict[str, float], Path]:
-    """Generate the synthetic data a demo experiment needs (once) and train + evaluate it."""
+    """Generate the synthetic data a demo experiment needs (once, under ``out/data``) and train +
+    evaluate it in ``out/<which>``: each demo its own run folder, so one never deletes or resumes
+    another's run. ``fresh=False`` resumes the demo's earlier run where there is one."""
     from .train import clean_run_dir, train
 
     name = DEMOS[which]
@@ -55,7 +57,7 @@ def run_demo(out: Path, overrides: list[str], which: str = "classification",
     generators = demo_generators()
     data = {n: generators[c.name](out / "data" / c.name) for n, c in cfg.datasets.items()
             if c.name in generators}
-    run_dir = out / "run"
+    run_dir = out / which
     if fresh:
         clean_run_dir(run_dir)
     roots = [f"datasets.{n}.root={path}" for n, path in data.items()]

@@ -25,7 +25,7 @@ DEMO_CLASSES = (
 )
 SHAPES = ("circle", "square", "triangle")
 TRAIL = ((3, 0.15), (2, 0.3), (1, 0.5))  # (frames back, opacity) of the motion echo
-_VERSION = 4  # bump when the rendering changes, so old folders are regenerated
+_VERSION = 5  # bump when the rendering changes, so old folders are regenerated
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: int = 8, gop: int | None = None,
@@ -36,7 +36,10 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 8, gop: int | N
     """
     import av
 
-    options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}  # tiny clips: 1 is fastest
+    # threads 1: fastest for tiny clips. no-asm: x264's assembly reads the frame buffers'
+    # uninitialised padding, and identical frames then gave different bytes now and then
+    # (reproduced; C code only: same bytes every time, and these clips encode in milliseconds).
+    options = {"crf": str(crf), "preset": "veryfast", "threads": "1", "x264-params": "no-asm=1"}
     if gop is not None:
         options.update({"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"})
     with av.open(str(path), "w") as container:
@@ -45,8 +48,6 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 8, gop: int | N
         stream.pix_fmt = "yuv420p"
         for index, array in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
-            # explicit pts and our own conversion: without them the output bytes varied
-            # between identical runs now and then
             frame = frame.reformat(format="yuv420p")
             frame.pts = index
             container.mux(stream.encode(frame))

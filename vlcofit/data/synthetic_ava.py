@@ -42,7 +42,7 @@ DEMO_AVA_ACTIONS = {1: "moving left", 2: "moving right", 3: "moving up", 4: "mov
 # Share of tracks per motion / extra action in each split (exact quotas, then shuffled).
 _MOTIONS = {5: 0.34, 2: 0.26, 1: 0.18, 4: 0.13, 3: 0.09}
 _EXTRAS = {0: 0.51, 7: 0.26, 8: 0.11, 9: 0.08, 10: 0.04}  # 0: none
-_VERSION = 1  # bump when the rendering changes, so old folders are regenerated
+_VERSION = 2  # bump when the rendering changes, so old folders are regenerated
 
 
 @dataclass

@@ -1,10 +1,14 @@
 """Box head for AVA-style localisation: pool the patch-token map inside each person box and
 project it into the joint text space, where it is scored against action names with a sigmoid.
 
-Pooling: the map is averaged over time first, then RoIAlign (torchvision) samples it inside
-each box. RoIAlign is linear in the feature map (fixed bilinear weights that depend only on the
-box), so RoIAlign of the time-averaged map equals the time average of per-frame RoIAlign, at a
-T-th of the cost. The RoI grid is then averaged (or max-pooled, as SlowFast does) to one vector.
+Pooling (``temporal``): "mean" averages the map over time first, then RoIAlign (torchvision)
+samples it inside each box. RoIAlign is linear in the feature map (fixed bilinear weights that
+depend only on the box), so RoIAlign of the time-averaged map equals the time average of
+per-frame RoIAlign, at a T-th of the cost; this is SlowFast's pooling and loses the order of
+frames. "transformer" RoIAligns every frame and runs a temporal transformer over the box's
+per-frame features (the clip's Text4Vis-style module, starting as exact mean pooling), so a box
+can tell "moving left" from "moving right". Either way the RoI grid is then averaged (or
+max-pooled, as SlowFast does) to one vector per box (and frame).
 
 Clip context: by default the clip-level video embedding (already in the text space, and the
 thing CLIP's zero-shot scoring is trained on) is added to every box embedding of its clip, both
@@ -31,6 +35,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
+from .temporal import TemporalTransformer
+
 logger = logging.getLogger(__name__)
 
 MAX_SCALE = 100.0  # same cap as VideoCLIP.score
@@ -49,6 +55,8 @@ class BoxHead(nn.Module):
         pool: "avg" (keeps CLIP's token statistics; a whole-frame box gives the map's mean) or
             "max" (SlowFast).
         context: add the clip embedding to each box embedding (module docstring).
+        temporal: "mean" (time-averaged map) or "transformer" (per-frame RoIs, temporal
+            transformer over them); module docstring.
         prior: initial sigmoid output; ``logit_bias`` = log(prior / (1 - prior)).
         scale: initial logit scale (``exp(logit_scale)``).
         dropout: before the projection (SlowFast uses 0.5 on AVA with its linear head).
@@ -56,15 +64,18 @@ class BoxHead(nn.Module):
 
     def __init__(self, width: int, embed_dim: int, output_size: int = 7, pool: str = "avg",
                  context: bool = True, prior: float = 0.02, scale: float = 10.0,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, temporal: str = "mean"):
         super().__init__()
         if pool not in ("avg", "max"):
             raise ValueError(f"BoxHead pool must be 'avg' or 'max', got {pool!r}")
+        if temporal not in ("mean", "transformer"):
+            raise ValueError(f"BoxHead temporal must be 'mean' or 'transformer', got {temporal!r}")
         if not 0.0 < prior < 1.0:
             raise ValueError(f"BoxHead prior must be in (0, 1), got {prior}")
         self.output_size = int(output_size)
         self.pool = pool
         self.use_context = context
+        self.temporal = TemporalTransformer(width) if temporal == "transformer" else None
         self.norm = nn.LayerNorm(width)
         self.dropout = nn.Dropout(dropout)
         self.proj = nn.Linear(width, embed_dim)
@@ -82,13 +93,21 @@ class BoxHead(nn.Module):
             raise ValueError(f"boxes must be [K, 4] and box_batch [K], got "
                              f"{tuple(boxes.shape)} and {tuple(box_batch.shape)}")
         # float32 pooling: bf16 box coordinates would be off by ~1/20 of a token
-        fmap = token_map.float().mean(dim=2)  # [B, D, h, w]; see module docstring
-        h, w = fmap.shape[-2:]
+        _, d, t, h, w = token_map.shape
+        if self.temporal is None:
+            fmap, index = token_map.float().mean(dim=2), box_batch  # [B, D, h, w]; see docstring
+        else:  # every frame its own map: [B * T, D, h, w], the box repeated on each frame
+            fmap = token_map.float().transpose(1, 2).flatten(0, 1)
+            index = (box_batch[:, None] * t + torch.arange(t, device=box_batch.device)).flatten()
+            boxes = boxes.repeat_interleave(t, dim=0)
         size = boxes.new_tensor([w, h, w, h], dtype=torch.float32)
-        rois = torch.cat([box_batch.to(fmap)[:, None], boxes.float() * size], dim=1)  # [K, 5]
+        rois = torch.cat([index.to(fmap)[:, None], boxes.float() * size], dim=1)  # [K(T), 5]
         grid = roi_align(fmap, rois, self.output_size, spatial_scale=1.0, sampling_ratio=0,
-                         aligned=True)  # [K, D, s, s]
-        return grid.mean(dim=(-2, -1)) if self.pool == "avg" else grid.amax(dim=(-2, -1))
+                         aligned=True)  # [K(T), D, s, s]
+        feats = grid.mean(dim=(-2, -1)) if self.pool == "avg" else grid.amax(dim=(-2, -1))
+        if self.temporal is None:
+            return feats
+        return self.temporal(feats.view(-1, t, d).to(self.temporal.pos.dtype)).float()
 
     def forward(self, token_map: torch.Tensor, boxes: torch.Tensor, box_batch: torch.Tensor,
                 context: torch.Tensor | None = None) -> torch.Tensor:

@@ -134,5 +134,6 @@ def build_model(cfg: ModelConfig, class_names: Sequence[str],
     model = VideoCLIP(build_backbone(cfg), cfg, class_names, class_templates)
     if with_boxes:
         from .boxes import BoxHead
-        model.box_head = BoxHead(model.backbone.width, model.backbone.embed_dim)
+        model.box_head = BoxHead(model.backbone.width, model.backbone.embed_dim,
+                                 temporal=cfg.box_temporal)
     return model
