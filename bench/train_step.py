@@ -145,7 +145,9 @@ def main() -> None:
         peak_mem = torch.cuda.max_memory_allocated(device) / 2**30
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        activities = [ProfilerActivity.CPU]
+        if device.type == "cuda":
+            activities.append(ProfilerActivity.CUDA)
         with profile(activities=activities) as prof:
             _time(our_step, 3, device, warmup=0)
         sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
@@ -154,8 +156,9 @@ def main() -> None:
     peak = peak_tflops(device, args.mixed_precision)
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"cpu, {torch.get_num_threads()} threads"
-    print(f"model {args.backbone}:{args.model}{' (compiled)' if args.compile else ''}, batch {args.batch} x {args.frames} frames x "
-          f"{size}px, precision {args.mixed_precision}, device {dev_name}, "
+    compiled = " (compiled)" if args.compile else ""
+    print(f"model {args.backbone}:{args.model}{compiled}, batch {args.batch} x {args.frames} "
+          f"frames x {size}px, precision {args.mixed_precision}, device {dev_name}, "
           f"{len(bare_t)} timed steps each (median)")
     print(f"model FLOPs per step (forward + backward): {flops / 1e12:.3f} TFLOP"
           + (f"; MFU against a dense peak of {peak} TFLOP/s" if peak else ""))

@@ -9,6 +9,7 @@ from vlcofit.data.synthetic import make_demo_dataset
 from vlcofit.train import train
 from vlcofit.config import load_experiment
 
+
 def _losses(run: Path) -> list[float]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [r["train/loss"] for r in rows if "train/loss" in r]
@@ -19,8 +20,8 @@ def test_two_processes_match_one_process(tmp_path, launch_two):
     common = [f"datasets.demo.root={data}", "train.steps=3", "train.num_workers=0", "train.log_every=1",
               "train.warmup_steps=1", "train.eval_every=0", "train.save_every=3", "eval.batch_size=8"]
     two = tmp_path / "two"
-    args = ["-m", "vlcofit", "train", "demo"] + [a for s in common + [f"output_dir={two}", "train.batch_size=2"]
-                                        for a in ("--set", s)]
+    sets = common + [f"output_dir={two}", "train.batch_size=2"]
+    args = ["-m", "vlcofit", "train", "demo"] + [a for s in sets for a in ("--set", s)]
     launch_two(args, port=29517, timeout=600)
     info = json.loads((two / "run.json").read_text())
     assert info["world_size"] == 2

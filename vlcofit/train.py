@@ -165,7 +165,8 @@ def train(cfg: ExperimentConfig, resume: str | None = None) -> dict[str, float]:
     model.train()
     # per dataset: loss sum, steps; then clips. On the device: reading a loss back every step
     # would make the host wait for the GPU at each step instead of queueing the next one.
-    window = torch.zeros(2 * len(t.datasets) + 1, dtype=torch.float64, device=accelerator.device)
+    # float32, not float64: Apple's MPS has no float64.
+    window = torch.zeros(2 * len(t.datasets) + 1, device=accelerator.device)
     window_start = time.perf_counter()
     while step < t.steps:
         i = int(mix.schedule[step])
