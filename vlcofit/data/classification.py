@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -310,10 +309,6 @@ class ClassificationDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self._epoch.set(epoch)
 
-    @property
-    def epoch(self) -> int:
-        return self._epoch.get()
-
     def __len__(self) -> int:
         return len(self.records)
 
@@ -339,7 +334,7 @@ class ClassificationDataset(Dataset):
 
     def _train_clip(self, record: VideoRecord, j: int) -> torch.Tensor:
         """``[T, 3, S, S]``; frames and augmentation drawn from (seed, epoch, j)."""
-        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, self.epoch, j])
+        rng = self._epoch.generator(self.seed, j)
         card = self.card
         with open_video(record.path, self.backend) as reader:
             (indices,) = sample_indices(reader.num_frames, card.num_frames, card.sampling,

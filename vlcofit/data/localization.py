@@ -255,10 +255,6 @@ class LocalizationDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self._epoch.set(epoch)
 
-    @property
-    def epoch(self) -> int:
-        return self._epoch.get()
-
     def __len__(self) -> int:
         return len(self.keys)
 
@@ -324,7 +320,7 @@ class LocalizationDataset(Dataset):
                 bad.append(err.path)
                 continue
             boxes, labels, scores = self.train_boxes(key)
-            rng = np.random.default_rng([self.seed & 0xFFFFFFFF, self.epoch, j])
+            rng = self._epoch.generator(self.seed, j)
             with torch.random.fork_rng(devices=[]):  # v2 transforms draw from the global RNG
                 torch.manual_seed(int(rng.integers(2**62)))
                 video, out, keep = self.transform(frames, torch.from_numpy(boxes))

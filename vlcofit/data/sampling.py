@@ -115,3 +115,7 @@ class SharedEpoch:
 
     def get(self) -> int:
         return int(self._value.item())
+
+    def generator(self, seed: int, index: int) -> np.random.Generator:
+        """The random draws of item ``index`` this epoch: a function of (seed, epoch, index)."""
+        return np.random.default_rng([seed & 0xFFFFFFFF, self.get(), index])
