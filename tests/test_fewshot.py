@@ -52,6 +52,7 @@ def test_split_files_identical_across_two_processes(tmp_path, launch_two):
     (root / "train.csv").write_text("\n".join(rows) + "\n")
     script = tmp_path / "splits.py"
     script.write_text(textwrap.dedent(f"""
+        import os
         from pathlib import Path
         from vlcofit.config import DatasetCard
         from vlcofit.data.classification import read_records
@@ -70,6 +71,7 @@ def test_split_files_identical_across_two_processes(tmp_path, launch_two):
                 mine.write_text(",".join(map(str, chosen)) + "\\n" + path.read_text())
         (out / f"world{{state.process_index}}").write_text(str(state.num_processes))
         end_processes()
+        os._exit(0)  # see launch_two in conftest.py
     """))
     launch_two([script], port=29532, env={"PYTHONHASHSEED": "random"})
     out = tmp_path / "out"

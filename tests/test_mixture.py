@@ -128,7 +128,7 @@ def test_cofinetune_two_datasets_end_to_end(tmp_path):
 
 
 SCRIPT = """
-import sys, numpy as np
+import os, sys, numpy as np
 from accelerate import Accelerator
 from vlcofit.config import load_experiment
 from vlcofit.distributed import end_processes
@@ -139,6 +139,7 @@ sched = plan(cfg, {"a": 1000, "b": 100, "c": 10}).schedule
 np.save(f"{sys.argv[2]}/rank{acc.process_index}.npy", sched)
 open(f"{sys.argv[2]}/world{acc.process_index}.txt", "w").write(str(acc.num_processes))
 end_processes()
+os._exit(0)  # see launch_two in conftest.py
 """
 
 
