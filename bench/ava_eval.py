@@ -2,16 +2,19 @@
 
     python bench/ava_eval.py [--keyframes 10000] [--ref-keyframes 1000] [--seed 0]
 
-Writes synthetic AVA files (N keyframes x 5 ground-truth persons with ~2 actions each; detections:
-5 boxes x 60 classes = 300 rows per keyframe, scores with 6 decimals) to a temp dir, then times
-reading and evaluation with vlcofit on N keyframes, and the reference on a --ref-keyframes dataset
-from the same generator (time extrapolated to N, and marked so). Both must give the same mAP and
-per-class APs, bit for bit, on that smaller dataset.
+Writes synthetic AVA files (N keyframes x 5 ground-truth persons with ~2 actions each, some
+keyframes without actions as 2-column rows; detections: 5 boxes x 60 classes = 300 rows per
+keyframe, scores with 6 decimals, ~1 % of the keyframes absent from the ground truth) to a temp
+dir, then times reading and evaluation with vlcofit on N keyframes, and the reference on a
+--ref-keyframes dataset from the same generator (time extrapolated to N, and marked so). Both
+must give the same mAP and per-class APs, bit for bit, on that smaller dataset.
 
-``reference_evaluate`` is also the oracle of tests/test_ava_metric.py: the official
+``reference_evaluate`` is also an oracle of tests/test_ava_metric.py: the official
 get_ava_performance.py steps in plain Python (csv reader, heapq top-50, per-image per-class
-greedy matching, metrics.py AP), except that tied scores are sorted stably
-(``np.argsort(kind="stable")``) where the official code uses numpy's default sort.
+greedy matching, metrics.py AP with numpy's default argsort). ``protocol="current"``: its latest
+revision (af461c3: 6-decimal timestamp keys, detections on keyframes absent from the ground
+truth ignored); ``"activitynet-2019"``: revision 3fee089 (integer-second keys, exclusions file,
+those detections are false positives).
 """
 from __future__ import annotations
 
@@ -31,18 +34,22 @@ LABELS = Path(__file__).resolve().parents[2] / "shared" / "labels" / "ava_v2.2_e
 
 
 # ---------------------------------------------------------------------------- reference
-def _key(video_id: str, timestamp: str) -> str:
-    return "%s,%04d" % (video_id, int(float(timestamp)))
+def _key(video_id: str, timestamp: str, protocol: str) -> str:
+    if protocol == "current":
+        return "%s,%.6f" % (video_id, float(timestamp))
+    return "%s,%04d" % (video_id, int(timestamp))
 
 
-def _read_boxes(path, whitelist: set, capacity: int):
-    entries = defaultdict(list)
+def _read_boxes(path, whitelist: set, capacity: int, protocol: str):
+    """({key: [(score, action, y1, x1, y2, x2)] by descending score}, every key of the file)."""
+    entries, every = defaultdict(list), set()
     with open(path) as f:
         for row in csv.reader(f):
-            if len(row) == 2:  # keyframe-only ground-truth row (not in the official format)
+            assert len(row) in (2, 7, 8), row
+            key = _key(row[0], row[1], protocol)
+            every.add(key)
+            if len(row) == 2:  # a keyframe without actions
                 continue
-            assert len(row) in (7, 8), row
-            key = _key(row[0], row[1])
             x1, y1, x2, y2 = (float(v) for v in row[2:6])
             action = int(row[6])
             if action not in whitelist:
@@ -52,7 +59,7 @@ def _read_boxes(path, whitelist: set, capacity: int):
                 heapq.heappush(entries[key], (score, action, y1, x1, y2, x2))
             elif score > entries[key][0][0]:
                 heapq.heapreplace(entries[key], (score, action, y1, x1, y2, x2))
-    return {k: sorted(v, key=lambda t: -t[0]) for k, v in entries.items()}
+    return {k: sorted(v, key=lambda t: -t[0]) for k, v in entries.items()}, every
 
 
 def _iou(det: np.ndarray, gt: np.ndarray) -> np.ndarray:
@@ -92,7 +99,7 @@ def _image_tp_fp(dets: list, gts: list, classes: list):
 
 
 def _voc_ap(scores: np.ndarray, tp: np.ndarray, num_gt: int) -> float:
-    order = np.argsort(scores, kind="stable")[::-1]
+    order = np.argsort(scores)[::-1]  # numpy's default (unstable) sort, as metrics.py
     labels = tp[order]
     cum_tp = np.cumsum(labels)
     cum_fp = np.cumsum((labels <= 0).astype(float))
@@ -108,21 +115,24 @@ def _voc_ap(scores: np.ndarray, tp: np.ndarray, num_gt: int) -> float:
     return np.sum((recall[idx] - recall[idx - 1]) * precision[idx])
 
 
-def reference_evaluate(labelmap: dict, gt_path, det_path, excl_path=None) -> dict:
+def reference_evaluate(labelmap: dict, gt_path, det_path, excl_path=None,
+                       protocol: str = "current") -> dict:
     """Official-style evaluation of CSV files -> {"mAP", "per_class"} (classes with gt)."""
     classes = sorted(labelmap)
     excluded = set()
     if excl_path:
+        assert protocol == "activitynet-2019", "the current evaluator has no exclusions file"
         with open(excl_path) as f:
-            excluded = {_key(*row) for row in csv.reader(f) if row}
-    gt = {k: v for k, v in _read_boxes(gt_path, set(classes), 0).items() if k not in excluded}
+            excluded = {_key(*row, protocol) for row in csv.reader(f) if row}
+    gt, gt_keys = _read_boxes(gt_path, set(classes), 0, protocol)
+    gt = {k: v for k, v in gt.items() if k not in excluded}
     num_gt = defaultdict(int)
     for v in gt.values():
         for t in v:
             num_gt[t[1]] += 1
     per_class = defaultdict(lambda: ([], []))
-    for key, dets in _read_boxes(det_path, set(classes), 50).items():
-        if key in excluded:
+    for key, dets in _read_boxes(det_path, set(classes), 50, protocol)[0].items():
+        if key in excluded or (protocol == "current" and key not in gt_keys):
             continue
         for c, (s, tp) in _image_tp_fp(dets, gt.get(key, []), classes).items():
             per_class[c][0].append(s)
@@ -142,7 +152,9 @@ def make_data(out: Path, labelmap: dict, n_keyframes: int, seed: int = 0, person
               det_boxes: int = 5, decimals: int = 6) -> dict:
     """Write labelmap.pbtxt, gt.csv, det.csv, excl.csv under ``out``; returns their paths.
     Detections are jittered ground-truth boxes (sometimes a false box) scored for every class,
-    higher for the person's true actions; scores rounded to ``decimals``."""
+    higher for the person's true actions; scores rounded to ``decimals``. Every 50th keyframe
+    has no actions (a 2-column ground-truth row), every 97th only detections; excl.csv (for the
+    activitynet-2019 protocol) lists every 89th."""
     from vlcofit.data.ava_formats import AvaTable, write_detections, write_groundtruth, \
         write_labelmap_pbtxt
     rng = np.random.default_rng(seed)
@@ -155,10 +167,14 @@ def make_data(out: Path, labelmap: dict, n_keyframes: int, seed: int = 0, person
     gt_boxes = np.round(np.concatenate([xy, xy + wh], -1), 3)
     acts = rng.random((n_keyframes, persons, len(ids))) < 2.0 / len(ids)
     acts[..., 0] |= ~acts.any(-1)
-    k, p, c = np.nonzero(acts)
+    acts[5::50] = False  # keyframes without actions
+    in_gt = np.ones(n_keyframes, bool)
+    in_gt[3::97] = False  # keyframes absent from the ground truth
+    k, p, c = np.nonzero(acts & in_gt[:, None, None])
     labels = ids[c]
     labels[rng.random(len(labels)) < 0.02] = 999  # ids outside the label map are dropped
-    gt = AvaTable.from_arrays(keys, k, gt_boxes[k, p], labels, person_ids=p)
+    gt = AvaTable.from_arrays([key for key, i in zip(keys, in_gt) if i],
+                              (np.cumsum(in_gt) - 1)[k], gt_boxes[k, p], labels, person_ids=p)
     jitter = rng.normal(0, 0.03, (n_keyframes, det_boxes, 4))
     src = np.minimum(np.arange(det_boxes), persons - 1)
     d_boxes = np.clip(gt_boxes[:, src] + jitter, 0, 1)
@@ -175,7 +191,7 @@ def make_data(out: Path, labelmap: dict, n_keyframes: int, seed: int = 0, person
     write_labelmap_pbtxt(paths["labelmap"], labelmap)
     write_groundtruth(paths["gt"], gt)
     write_detections(paths["det"], det)
-    paths["excl"].write_text("".join(f"{v},{t:04d}\n" for v, t in keys[3::97]))
+    paths["excl"].write_text("".join(f"{v},{t:04d}\n" for v, t in keys[7::89]))
     return paths
 
 
@@ -196,8 +212,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ref-keyframes", type=int, default=1_000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    from vlcofit.data.ava_formats import (read_detections, read_exclusions, read_groundtruth,
-                                          read_labelmap)
+    from vlcofit.data.ava_formats import read_detections, read_groundtruth, read_labelmap
     from vlcofit.metrics.ava import evaluate, evaluate_files
     labelmap = read_labelmap(LABELS) if LABELS.exists() else \
         {i: f"action {i}" for i in range(1, 81) if i % 4 != 2}  # 60 ids out of 80, like AVA
@@ -212,14 +227,13 @@ def main(argv=None) -> int:
               f"({time.perf_counter() - t0:.1f} s)")
 
         gt = read_groundtruth(full["gt"], labelmap)
-        excl = read_exclusions(full["excl"])
         t_read, det = _best_of(3, read_detections, full["det"])
-        t_eval, ours = _best_of(3, evaluate, labelmap, gt, det, excl)
+        t_eval, ours = _best_of(3, evaluate, labelmap, gt, det)  # current official protocol
 
         t = time.perf_counter()
-        ref_sub = reference_evaluate(labelmap, sub["gt"], sub["det"], sub["excl"])
+        ref_sub = reference_evaluate(labelmap, sub["gt"], sub["det"])
         t_ref = (time.perf_counter() - t) * args.keyframes / args.ref_keyframes
-        ours_sub = evaluate_files(sub["labelmap"], sub["gt"], sub["det"], sub["excl"])
+        ours_sub = evaluate_files(sub["labelmap"], sub["gt"], sub["det"])
     same = ours_sub == ref_sub
     print(f"\n{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} "
           "(other work on the machine slows every row)")

@@ -11,11 +11,18 @@ the bad-video bookkeeping and the gradient-accumulation plumbing. Target: ratio 
 Also printed: model FLOPs per step (counted by torch.utils.flop_counter on one forward+backward),
 the model FLOPs utilisation (MFU) against the device's dense peak for the precision, and the
 peak GPU memory of vlcofit's loop alone.
+
+Then, training the text tower (``model.train_text``), on a label space of ``--text-classes``
+classes x CLIP's 28 Kinetics templates: vlcofit's step time with the text tower frozen (cached
+class matrix), trained with one template per class of the step's rows (ActionCLIP / ViFi-CLIP,
+what vlcofit does), and trained re-encoding the whole label space x every template each step
+(what it did before), interleaved, as ratios to the frozen arm.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import os
 import statistics
 import time
@@ -30,6 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from vlcofit.config import ExperimentConfig, ModelConfig, TrainConfig
 from vlcofit.models.video import build_model
 from vlcofit.optim import build_optimizer
+from vlcofit.prompts import read_templates
 from vlcofit.tasks import TASKS
 from vlcofit.train import _optimizer_step, make_accelerator
 
@@ -72,6 +80,9 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile both models' forward")
     p.add_argument("--profile", action="store_true",
                    help="also print the 15 most expensive ops of 3 vlcofit steps")
+    p.add_argument("--text-classes", type=int, default=100,
+                   help="label-space size of the text-tower arms (0: skip them)")
+    p.add_argument("--text-steps", type=int, default=6, help="timed steps per text-tower arm")
     args = p.parse_args()
     if args.cpu:
         os.environ["ACCELERATE_USE_CPU"] = "1"
@@ -170,6 +181,55 @@ def main() -> None:
               f"{sec / b:7.3f}")
     if peak_mem is not None:
         print(f"peak GPU memory, vlcofit loop alone: {peak_mem:.2f} GiB")
+    if args.text_classes:
+        text_tower_arms(args, mcfg, tcfg, accelerator, video, label)
+
+
+def text_tower_arms(args, mcfg: ModelConfig, tcfg: TrainConfig, accelerator, video: torch.Tensor,
+                    label: torch.Tensor) -> None:
+    """vlcofit's step: text tower frozen vs trained (one template per class per step, or the
+    old full label space x template ensemble per step); median step times, interleaved."""
+    device = accelerator.device
+    templates = read_templates("clip_kinetics")
+    names = [f"class {i}" for i in range(args.text_classes)]
+    rows = torch.arange(len(names), device=device)
+    batch = {"video": video, "label": label, "bad": []}
+    batches = iter(lambda: batch, None)
+    arms = {}
+    for arm, train_text in (("frozen text (cached ensemble)", False),
+                            ("trained text, 1 template/class", True),
+                            ("trained text, full ensemble", True)):
+        torch.manual_seed(0)
+        model = build_model(dataclasses.replace(mcfg, train_text=train_text), names,
+                            [templates] * len(names))
+        if arm.endswith("full ensemble"):  # the old path: every row x every template, each step
+            model._encode_sampled = lambda r, m=model: m._encode_label_space()[r]
+        opt = build_optimizer(model, model.new_parameter_names(), tcfg)
+        model, opt = accelerator.prepare(model, opt)
+        model.train()
+        counted = _count_text_sequences(accelerator.unwrap_model(model))
+        arms[arm] = (counted, lambda m=model, o=opt: _optimizer_step(
+            accelerator, m, o, batches, rows, TASKS["classification"], tcfg, lambda paths: None))
+    times = {arm: [] for arm in arms}
+    for _ in range(3):  # interleaved rounds, as above
+        for arm, (_, step) in arms.items():
+            times[arm] += _time(step, max(1, args.text_steps // 3), device, warmup=1)
+    base = statistics.median(times[next(iter(arms))])
+    print(f"\ntext tower: {len(names)} classes x {len(templates)} templates, vlcofit loop, "
+          f"{len(times[next(iter(arms))])} timed steps each (median)")
+    print(f"{'arm':<32} {'seqs/step':>9} {'ms/step':>9} {'ratio':>7}")
+    for arm, (counted, step) in arms.items():
+        counted.clear()
+        step()
+        sec = statistics.median(times[arm])
+        print(f"{arm:<32} {sum(counted):9d} {1000 * sec:9.1f} {sec / base:7.3f}")
+
+
+def _count_text_sequences(model) -> list[int]:
+    """Wrap the backbone's encode_text to record the batch size of each call."""
+    counted, encode = [], model.backbone.encode_text
+    model.backbone.encode_text = lambda tokens: counted.append(len(tokens)) or encode(tokens)
+    return counted
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from vlcofit.config import ModelConfig
 from vlcofit.errors import InputError
 from vlcofit.losses import multilabel_loss
-from vlcofit.models.boxes import BoxHead
+from vlcofit.models.boxes import MAX_SCALE, BoxHead
 from vlcofit.models.video import build_model
 
 
@@ -154,6 +154,30 @@ def test_with_tiny_video_clip():
     assert all(n.startswith(("box_head.", "temporal.", "logit_scale"))
                for n in model.new_parameter_names())
     assert "box_head.logit_bias" in model.new_parameter_names()
+
+
+def test_box_scale_learns_at_its_cap_and_is_clamped_after_the_step():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="tiny"), ["stand", "sit", "walk"], [("a person {}.",)] * 3,
+                        with_boxes=True)
+    head = model.box_head
+    with torch.no_grad():  # a scale just above the cap (as OpenAI's clip scale is)
+        head.logit_scale.fill_(math.log(MAX_SCALE) + 1e-4)
+    token_map, boxes, box_batch = _inputs(d=model.backbone.width, hw=4)
+    text = torch.randn(4, model.backbone.embed_dim)
+    emb = head(token_map, boxes, box_batch, torch.randn(2, model.backbone.embed_dim))
+    cos = F.normalize(emb, dim=-1) @ F.normalize(text, dim=-1).t()
+    # positives where the cosine is lowest: the loss wants a lower scale
+    targets = (cos == cos.min(dim=1, keepdim=True).values).float()
+    multilabel_loss(head.logits(emb, text), targets).backward()
+    assert head.logit_scale.grad.item() > 0  # a clamp in logits() gave exactly 0
+    torch.optim.AdamW([head.logit_scale], lr=1e-3, weight_decay=0.0).step()
+    model.clamp_logit_scales()  # the trainer's post-step call reaches the box head
+    assert head.logit_scale.item() < math.log(MAX_SCALE) - 5e-4
+    with torch.no_grad():
+        head.logit_scale.fill_(5.0)
+    model.clamp_logit_scales()
+    assert head.logit_scale.item() == torch.tensor(math.log(MAX_SCALE)).item()
 
 
 # ------------------------------------------------------------------------------------ losses

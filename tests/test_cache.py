@@ -27,7 +27,7 @@ def demo_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def setup(demo_data):
     classes = read_class_list("demo")
-    model = load_scoring_model(TINY, classes, ("a video of {}.",), None)
+    model, _ = load_scoring_model(TINY, classes, ("a video of {}.",), None)
     return model, classes, manifest_card(str(demo_data / "val.csv"), 4, "demo", "text4vis")
 
 
@@ -69,7 +69,7 @@ def test_stale_entries_are_never_used(setup, tmp_path):
     assert not torch.equal(feats["emb"], base["emb"])
 
     # another checkpoint: one image-tower weight changed -> miss; the text tower only -> hit
-    other = load_scoring_model(TINY, classes, ("a video of {}.",), None)
+    other, _ = load_scoring_model(TINY, classes, ("a video of {}.",), None)
     other.load_state_dict(model.state_dict())
     assert _features(other, card, classes, cache)[1].hit
     with torch.no_grad():

@@ -61,7 +61,8 @@ def test_dataset_name_must_exist(tmp_path):
 def test_bad_card_values(tmp_path):
     card = _write(tmp_path / "c.yaml", "task: detection\nprompts: demo\n")
     exp = _write(tmp_path / "exp.yaml", f"datasets:\n  c: {card}\n")
-    with pytest.raises(InputError, match="c.yaml: task must be one of"):
+    with pytest.raises(InputError, match="c.yaml: task must be one of classification, localization; "
+                                         "got 'detection'"):
         load_experiment(exp)
 
 
@@ -90,5 +91,39 @@ def test_card_and_prompt_file_must_agree_on_class_count(tmp_path):
                                        ("model.backbone", "timm")])
 def test_bad_model_choices_name_the_key(tmp_path, key, value):
     exp = _write(tmp_path / "exp.yaml", "datasets:\n  demo: {card: demo}\ntrain: {datasets: [demo]}\n")
-    with pytest.raises(InputError, match=rf"exp.yaml.*{key} must be"):
+    with pytest.raises(InputError, match=rf"^--set {key}={value}: {key} must be one of"):
         load_experiment(exp, [f"{key}={value}"])
+    section, field = key.split(".")
+    _write(exp, f"datasets:\n  demo: {{card: demo}}\ntrain: {{datasets: [demo]}}\n"
+                f"{section}: {{{field}: {value}}}\n")
+    with pytest.raises(InputError, match=rf"^{exp}: {key} must be one of"):
+        load_experiment(exp)
+
+
+def test_ranges_name_file_or_set_item_field_and_value(tmp_path):
+    exp = _write(tmp_path / "exp.yaml", "datasets:\n  demo: {card: demo, num_frames: 0}\n"
+                                         "train: {datasets: [demo], lr: -1}\n")
+    with pytest.raises(InputError, match=rf"^{exp}: datasets.demo.num_frames must be >= 1, got 0$"):
+        load_experiment(exp)
+    with pytest.raises(InputError, match=rf"^{exp}: train.lr must be >= 0, got -1.0$"):
+        load_experiment(exp, ["datasets.demo.num_frames=8"])
+    with pytest.raises(InputError, match=r"^--set train.lr=-2: train.lr must be >= 0, got -2.0$"):
+        load_experiment(exp, ["datasets.demo.num_frames=8", "train.lr=-2"])
+    # a later --set of the same key is the one that counts
+    assert load_experiment(exp, ["datasets.demo.num_frames=8", "train.lr=-2", "train.lr=0"]).train.lr == 0
+    card = _write(tmp_path / "card.yaml", "prompts: demo\nmin_crop_scale: 0\n")
+    _write(exp, f"datasets:\n  c: {card}\ntrain: {{datasets: [c]}}\n")
+    with pytest.raises(InputError, match=rf"^{card}: min_crop_scale must be in \(0, 1\], got 0.0$"):
+        load_experiment(exp)
+    with pytest.raises(InputError, match=r"^--set datasets.c.min_crop_scale=2: "
+                                         r"datasets.c.min_crop_scale must be in \(0, 1\]"):
+        load_experiment(exp, ["datasets.c.min_crop_scale=2"])
+
+
+def test_set_of_a_localization_key_keeps_the_cards_other_keys(tmp_path):
+    cfg = load_experiment("demo_ava", ["datasets.demo_ava.localization.person_score_threshold=0.5"])
+    spec = cfg.datasets["demo_ava"].localization
+    assert spec.person_score_threshold == 0.5 and spec.proposals_val == "proposals_val.pkl"
+    with pytest.raises(InputError, match=r"^--set datasets.demo_ava.localization.fps=0: "
+                                         r"datasets.demo_ava.localization.fps must be > 0, got 0.0$"):
+        load_experiment("demo_ava", ["datasets.demo_ava.localization.fps=0"])

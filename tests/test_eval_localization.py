@@ -150,10 +150,17 @@ def test_perfect_scores_give_map_100_and_files(accelerator, tmp_path):
     official = ava.evaluate_files(tmp_path / "labelmap.pbtxt", tmp_path / "gt.csv",
                                   tmp_path / "eval" / "ava_detections.csv", None)
     assert official["mAP"] < 1.0  # the unreadable keyframe's person is missed there ...
+    # ... and left out by evaluate_localization: the current evaluator on a ground truth
+    # without that keyframe, or the 2019 revision with it excluded
+    lines = (tmp_path / "gt.csv").read_text().splitlines(keepends=True)
+    (tmp_path / "gt_readable.csv").write_text("".join(x for x in lines if "vidB,0904" not in x))
+    assert ava.evaluate_files(tmp_path / "labelmap.pbtxt", tmp_path / "gt_readable.csv",
+                              tmp_path / "eval" / "ava_detections.csv")["mAP"] == 1.0
     excl = tmp_path / "excl.csv"
-    excl.write_text("vidB,0904\n")  # ... and excluded by evaluate_localization
+    excl.write_text("vidB,0904\n")
     assert ava.evaluate_files(tmp_path / "labelmap.pbtxt", tmp_path / "gt.csv",
-                              tmp_path / "eval" / "ava_detections.csv", excl)["mAP"] == 1.0
+                              tmp_path / "eval" / "ava_detections.csv", excl,
+                              ava.ACTIVITYNET_2019)["mAP"] == 1.0
     rows = (tmp_path / "eval" / "ava_per_class_ap.csv").read_text().splitlines()
     assert rows[0] == "class_id,class_name,train_count,group,ap"
     assert rows[1:] == ["1,stand,5000,head,100.00", "3,sit,300,mid,100.00",
@@ -193,6 +200,33 @@ def test_prepared_loader_keeps_all_rows_of_the_last_sample(accelerator, tmp_path
     det = read_detections(tmp_path / "eval" / "ava_detections.csv")
     last = det.keys.index(data[-1]["key"])
     assert (det.key_index == last).sum() == len(data[-1]["boxes"]) * 4
+
+
+def test_card_exclusions_apply_under_both_protocols(accelerator, tmp_path):
+    # B904 is not in the loader: missed (stand finds 3 of 4), unless the card excludes it; the
+    # current protocol (no exclusions file) then scores as on a ground truth without it
+    data = [s for s in samples() if s["key"] != UNREADABLE]
+    loader = [collate(data[i:i + 2]) for i in range(0, len(data), 2)]
+    (tmp_path / "excl.csv").write_text("vidB,0904\n")
+    for protocol in ava.PROTOCOLS:
+        out = run_eval(accelerator, StandIn(PerfectHead()), tmp_path, loader=loader,
+                       out_dir=None, protocol=protocol)
+        assert out["ava/mAP"] == pytest.approx(100.0 * (3 + 0.75) / 4)
+        out = run_eval(accelerator, StandIn(PerfectHead()), tmp_path, loader=loader,
+                       out_dir=None, protocol=protocol, exclusions_path=tmp_path / "excl.csv")
+        assert out["ava/mAP"] == 100.0
+
+
+def test_unknown_protocol_fails_before_the_pass(accelerator, tmp_path):
+    class Untouchable:
+        def __len__(self):
+            return 1
+
+        def __iter__(self):
+            raise AssertionError("the loader was read")
+    with pytest.raises(ava.InputError, match="unknown AVA evaluation protocol 'newest'"):
+        run_eval(accelerator, StandIn(PerfectHead()), tmp_path, loader=Untouchable(),
+                 protocol="newest")
 
 
 def test_max_batches_scores_only_the_keyframes_seen(accelerator, tmp_path):
@@ -263,7 +297,8 @@ def test_with_tiny_video_clip_and_box_head(accelerator, tmp_path):
     write_labelmap_pbtxt(tmp_path / "labelmap.pbtxt", LABELMAP)
     (tmp_path / "excl.csv").write_text("vidB,0904\n")  # the unreadable keyframe
     official = ava.evaluate_files(tmp_path / "labelmap.pbtxt", tmp_path / "gt.csv",
-                                  tmp_path / "eval" / "ava_detections.csv", tmp_path / "excl.csv")
+                                  tmp_path / "eval" / "ava_detections.csv", tmp_path / "excl.csv",
+                                  ava.ACTIVITYNET_2019)
     assert out["ava/mAP"] == 100.0 * official["mAP"]
     assert model.training  # evaluation restores the mode
 

@@ -124,7 +124,7 @@ def test_cli_probe_only_and_bad_input(demo_data, tmp_path, capsys):
             "train.num_workers=0", "--set", "eval.batch_size=16", "--out", str(tmp_path / "p")]
     assert main(base + ["--shots", "1,2", "--seeds", "2", "--probe-only"]) == 0
     table = capsys.readouterr().out
-    assert "few-shot: demo (demo/top1, 2 seeds)" in table and "probe" in table and "±" in table
+    assert "few-shot: demo (demo/top1, 2 seeds, ± = sample std (ddof=1))" in table and "probe" in table and "±" in table
     assert not list((tmp_path / "p").glob("k*_seed*"))  # no fine-tuning runs
     assert main(base + ["--shots", "5"]) == 2
     err = capsys.readouterr().err

@@ -1,3 +1,4 @@
+import math
 import time
 
 import open_clip
@@ -62,6 +63,134 @@ def test_trainable_text_tower_gets_gradients():
     model.train()
     model(torch.randn(1, 2, 3, 64, 64)).sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbone.text_parameters())
+
+
+OPENAI_SCALE = 4.6052  # OpenAI's stored logit_scale: exp = 100.0026 > 100
+LN100 = torch.tensor(math.log(100.0)).item()  # as stored in float32
+
+
+def _scale_step(model, emb, wrong: bool):
+    """One AdamW step of the clip scale on cross-entropy toward the least (``wrong``) or most
+    similar class, then the post-step clamp; returns the scale's gradient."""
+    rows = torch.arange(len(NAMES))
+    with torch.no_grad():
+        model.logit_scale.fill_(OPENAI_SCALE)
+        cos = model.classify(emb, rows)
+    opt = torch.optim.AdamW([model.logit_scale], lr=1e-3, weight_decay=0.0)
+    labels = cos.argmin(1) if wrong else cos.argmax(1)
+    torch.nn.functional.cross_entropy(model.classify(emb, rows), labels).backward()
+    grad = model.logit_scale.grad.clone()
+    opt.step()
+    model.clamp_logit_scales()
+    return grad
+
+
+def test_logit_scale_learns_from_the_openai_value():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="tiny"), NAMES, [TEMPLATES] * 4)
+    emb = torch.randn(6, 64)
+    # wrong labels: the loss wants a lower scale; the old forward clamp gave exactly 0 here
+    grad = _scale_step(model, emb, wrong=True)
+    assert grad.item() > 0
+    assert model.logit_scale.item() < LN100 - 5e-4  # moved by the step, below the cap
+    model.logit_scale.grad = None
+    # right labels: the loss wants a higher scale; the clamp after the step caps it at ln 100
+    grad = _scale_step(model, emb, wrong=False)
+    assert grad.item() < 0 and model.logit_scale.item() == LN100
+
+
+def test_logit_scale_clamped_at_build_and_load(tmp_path, tiny_open_clip):
+    from safetensors.torch import save_file
+    state = {k: v.contiguous() for k, v in tiny_open_clip.clip.state_dict().items()}
+    state["logit_scale"] = torch.tensor(OPENAI_SCALE)
+    save_file(state, tmp_path / "openai_like.safetensors")
+    cfg = ModelConfig(name="tiny", pretrained=str(tmp_path / "openai_like.safetensors"))
+    model = build_model(cfg, NAMES, [TEMPLATES] * 4)
+    assert model.logit_scale.item() == LN100
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    saved["logit_scale"] = torch.tensor(OPENAI_SCALE)  # e.g. a checkpoint of the old code
+    model.load_state_dict(saved)
+    assert model.logit_scale.item() == LN100
+
+
+# ------------------------------------------------------------------ trained text tower
+
+ROW_TEMPLATES = [TEMPLATES, ("{} in a video.", "a person {}."), TEMPLATES, ("a clip of {}.",)]
+
+
+def _text_model(monkeypatch, with_boxes=False):
+    """Tiny model training its text tower; returns it and the list of encode_text batch sizes."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="tiny", train_text=True), NAMES, ROW_TEMPLATES,
+                        with_boxes=with_boxes).train()
+    calls, encode = [], model.backbone.encode_text
+    monkeypatch.setattr(model.backbone, "encode_text",
+                        lambda tokens: calls.append(len(tokens)) or encode(tokens))
+    return model, calls
+
+
+def test_trained_text_encodes_only_the_step_rows(monkeypatch):
+    model, calls = _text_model(monkeypatch, with_boxes=True)
+    video, rows = torch.randn(2, 2, 3, 64, 64), torch.tensor([3, 1])
+    logits = model(video, rows)
+    assert calls == [2] and logits.shape == (2, 2)  # 2 sequences, not 4 classes x templates
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1])).backward()
+    text = model.backbone.text_parameters()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in text)
+    boxes = torch.tensor([[0.1, 0.1, 0.5, 0.9], [0.4, 0.2, 0.9, 1.0], [0.0, 0.0, 1.0, 1.0]])
+    box_logits = model(video, [0, 2, 3], boxes=boxes, box_batch=torch.tensor([0, 1, 1]))
+    assert calls == [2, 3] and box_logits.shape == (3, 3)  # rows as a list work too
+    model.zero_grad()
+    box_logits.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in text)
+
+
+def _single_template_embeddings(model, row):
+    return torch.cat([class_embeddings(model.backbone, [NAMES[row]], [t])
+                      for t in ROW_TEMPLATES[row]])
+
+
+def test_trained_text_draws_one_of_each_row_templates(monkeypatch):
+    model, calls = _text_model(monkeypatch)
+    rows = torch.tensor([0, 1, 2, 3, 0])
+    with torch.no_grad():
+        singles = {r: _single_template_embeddings(model, r) for r in range(len(NAMES))}
+        chosen = {r: set() for r in range(len(NAMES))}
+        for _ in range(20):
+            text = model.class_matrix(rows)
+            assert text.shape == (5, 64)
+            for i, r in enumerate(rows.tolist()):
+                dist = (singles[r] - text[i]).norm(dim=-1)
+                assert dist.min() < 1e-5, (r, dist)
+                chosen[r].add(int(dist.argmin()))
+        # seeded per step (the trainer: seed, step, process): the same draws whatever the
+        # global RNG did in between (a resumed run), and the global RNG untouched
+        model.seed_text_draws(0, 5, 0)
+        first, state = model.class_matrix(rows), torch.get_rng_state()
+        assert torch.equal(torch.get_rng_state(), state)
+        torch.rand(3)
+        model.seed_text_draws(0, 5, 0)
+        torch.testing.assert_close(model.class_matrix(rows), first, rtol=0, atol=0)
+        others = [model.seed_text_draws(0, step, 0) or model.class_matrix(rows)
+                  for step in range(6)]
+        assert any(not torch.equal(o, first) for o in others)
+    assert chosen[0] == {0, 1, 2} and chosen[1] == {0, 1} and chosen[3] == {0}
+
+
+def test_eval_text_is_the_cached_template_ensemble(monkeypatch):
+    model, calls = _text_model(monkeypatch)
+    model.eval()
+    rows = torch.tensor([3, 1])
+    with torch.no_grad():
+        want = torch.cat([class_embeddings(model.backbone, [NAMES[r]], ROW_TEMPLATES[r])
+                          for r in range(len(NAMES))])
+    n = len(calls)
+    torch.testing.assert_close(model.class_matrix(), want)
+    torch.testing.assert_close(model.class_matrix(rows), want[rows])
+    model.class_matrix(rows)
+    assert len(calls) - n == 3  # one batch per template group (3 groups), then cached
+    assert model(torch.randn(1, 2, 3, 64, 64), rows).shape == (1, 2)
+    assert len(calls) - n == 3
 
 
 def test_linear_head():

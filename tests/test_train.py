@@ -181,14 +181,18 @@ def test_demos_keep_their_own_run_folders_and_resume(tmp_path, monkeypatch, caps
     monkeypatch.setattr(runs, "demo_generators", lambda: small)
     quick = ["--set", "train.eval_every=0", "--set", "train.num_workers=0", "--set",
              "train.warmup_steps=1", "--set", "eval.max_batches=1"]
-    assert main(["demo", "--out", str(tmp_path), "--set", "train.steps=2", *quick]) == 0
+    quick += ["--set", "train.steps=3", "--set", "train.save_every=2", "--set", "train.log_every=1"]
+    assert main(["demo", "--out", str(tmp_path), *quick]) == 0
     cls = tmp_path / "classification"
-    assert (cls / "checkpoints" / "latest").read_text().strip().endswith("step_000002")
+    # as if killed after step 2's checkpoint
+    shutil.rmtree(cls / "checkpoints" / "step_000003")
+    (cls / "checkpoints" / "latest").write_text("step_000002")
     # --keep resumes the demo's own run: the first run's log rows stay, training goes on
-    assert main(["demo", "--out", str(tmp_path), "--keep", "--set", "train.steps=3", *quick]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--keep", *quick]) == 0
     steps = [json.loads(r)["step"] for r in (cls / "metrics.jsonl").read_text().splitlines()]
     assert 2 in steps and 3 in steps
     assert (cls / "checkpoints" / "latest").read_text().strip().endswith("step_000003")
+    assert len(json.loads((cls / "run.json").read_text())["resumed_at"]) == 1
     # another demo gets another folder and leaves this one alone
     assert main(["demo", "localization", "--out", str(tmp_path), "--set", "train.steps=1", *quick]) == 0
     assert (tmp_path / "localization" / "run.json").is_file()

@@ -10,7 +10,9 @@ evaluation pass are stored under a key of everything they depend on:
   pretrained tag or another random init can never hit an old entry.
 - the videos: their paths (absolute, in order) and count;
 - decoding and sampling: ``num_frames``, ``sampling``, ``frame_stride``, ``test_clips``,
-  ``test_crops``, ``decoder``; preprocessing: image size, mean, std; and ``max_batches``.
+  ``test_crops``, ``decoder``; preprocessing: image size, mean, std; and ``max_batches``;
+- the numerics: the mixed precision of the pass (``no``, ``bf16``, ``fp16``), so bf16
+  embeddings are never reused by an fp32 run.
 
 An entry is ``<folder>/<dataset>-<digest>.safetensors`` (``emb`` [N, V, E] float32, ``valid``
 [N] bool) plus ``<dataset>-<digest>.json`` (the full key, paths, label ids of the pass). It is
@@ -42,7 +44,7 @@ from .experiment import build_loader
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 1  # bump when the stored layout or the meaning of the key changes
+FORMAT = 2  # bump when the stored layout or the meaning of the key changes
 _SKIP_PREFIXES = ("linear.", "box_head.", "logit_scale")  # do not change video embeddings
 DECODE_FIELDS = ("num_frames", "sampling", "frame_stride", "test_clips", "test_crops", "decoder")
 
@@ -79,9 +81,10 @@ def model_fingerprint(model: torch.nn.Module, model_cfg: ModelConfig) -> str:
 
 
 def feature_key(model_id: str, dataset, mean: tuple[float, ...], std: tuple[float, ...],
-                max_batches: int | None = None) -> dict[str, Any]:
+                max_batches: int | None = None, precision: str = "no") -> dict[str, Any]:
     """The cache key of ``dataset``'s embeddings (a ClassificationDataset in evaluation mode);
-    ``mean``/``std``: the model's image normalisation."""
+    ``mean``/``std``: the model's image normalisation; ``precision``: Accelerate's
+    mixed_precision of the pass."""
     card: DatasetCard = dataset.card
     paths = [os.path.abspath(r.path) for r in dataset.records]
     transform = dataset.transform
@@ -94,6 +97,7 @@ def feature_key(model_id: str, dataset, mean: tuple[float, ...], std: tuple[floa
         "image": {"size": transform.image_size, "crops": getattr(transform, "crops", 1),
                   "mean": list(mean), "std": list(std)},
         "max_batches": max_batches,
+        "precision": str(precision),
     }
 
 
@@ -191,7 +195,8 @@ def cached_features(accelerator, model, dataset, batch_size: int, num_workers: i
     if cache is not None:
         if not model_id:
             raise ValueError("cached_features: pass model_id=model_fingerprint(model, cfg)")
-        key = feature_key(model_id, dataset, base.backbone.mean, base.backbone.std, max_batches)
+        key = feature_key(model_id, dataset, base.backbone.mean, base.backbone.std, max_batches,
+                          accelerator.mixed_precision)
         name = dataset.card.name
         hit = cache.load(key, name)
         if hit is not None:

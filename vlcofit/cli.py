@@ -44,22 +44,31 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
+    from .checkpoint import resolve
     from .config import load_experiment
+    from .runmodel import run_dir_of
     from .runs import evaluate_checkpoint
     overrides = list(args.set) + ([f"eval.split={args.split}"] if args.split else [])
-    cfg = load_experiment(args.config, overrides)
+    ckpt = resolve(args.checkpoint)
+    config = args.config or run_dir_of(ckpt) and run_dir_of(ckpt) / "config.yaml"
+    if not config:
+        raise InputError(f"{args.checkpoint}: a checkpoint outside its run folder; pass the config")
+    cfg = load_experiment(config, overrides)
     out = Path(args.out) if args.out else Path(args.checkpoint) / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    metrics = evaluate_checkpoint(cfg, args.checkpoint, out)
+    metrics = evaluate_checkpoint(cfg, args.checkpoint, out, cfg_name=str(config))
     if _is_main():
         _print_table(metrics, f"evaluation ({cfg.eval.split})")
         print(f"\nper-class accuracy and metrics: {out}")
 
 
-def _model_config(args):
+def _model_config(args, default: str | None = None):
+    """The bare model the flags name (None when --model is not given and has no default)."""
     from .config import ModelConfig
+    if args.model is None and default is None:
+        return None
     pretrained = None if (args.pretrained or "").lower() in ("", "none") else args.pretrained
-    return ModelConfig(backbone=args.backbone, name=args.model, pretrained=pretrained,
+    return ModelConfig(backbone=args.backbone, name=args.model or default, pretrained=pretrained,
                        temporal="mean", cache_dir=args.cache_dir)
 
 
@@ -90,11 +99,18 @@ def cmd_few_shot(args) -> None:
     from .config import load_experiment
     from .fewshot import few_shot, format_table
     cfg = load_experiment(args.config, args.set)
+    probe_weights = args.probe_checkpoint
+    if args.from_run:  # the run's architecture, starting from its weights
+        import dataclasses
+        from .runmodel import model_from_run, set_model_keys
+        cfg = dataclasses.replace(cfg, model=model_from_run(
+            args.from_run, cfg.model, set_model_keys(args.set), "--set"))
+        probe_weights = probe_weights or args.from_run
     shots = _int_list(args.shots, "--shots")
     seeds = _int_list(args.seed_list, "--seed-list") if args.seed_list else list(range(args.seeds))
     out = Path(args.out)
     result = few_shot(cfg, shots, seeds, out, finetune=not args.probe_only,
-                      probe=args.probe or args.probe_only, probe_weights=args.probe_checkpoint,
+                      probe=args.probe or args.probe_only, probe_weights=probe_weights,
                       splits_from=Path(args.splits) if args.splits else None,
                       splits_only=args.splits_only)
     if _is_main():
@@ -107,7 +123,8 @@ def cmd_few_shot(args) -> None:
 def cmd_predict(args) -> None:
     from .predict import format_predictions, load_predictor, predict_boxes, predict_videos
     predictor = load_predictor(
-        args.checkpoint, None if args.checkpoint else _model_config(args), config=args.config,
+        args.checkpoint, _model_config(args, None if args.checkpoint else "ViT-B-16"),
+        config=args.config,
         num_frames=args.frames, sampling=args.sampling, frame_stride=args.stride,
         clips=args.clips, crops=args.crops, decoder=args.decoder)
     if args.boxes:
@@ -151,8 +168,9 @@ def cmd_compare(args) -> None:
 
 def cmd_ava_eval(args) -> None:
     from .metrics.ava import evaluate_files
-    result = evaluate_files(args.labelmap, args.groundtruth, args.detections, args.exclusions)
-    text = json.dumps(result, indent=2)
+    result = evaluate_files(args.labelmap, args.groundtruth, args.detections, args.exclusions,
+                            args.protocol)
+    text = json.dumps({"protocol": args.protocol, **result}, indent=2)
     if args.out:
         Path(args.out).write_text(text)
     print(text)
@@ -168,10 +186,41 @@ def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _add_model_args(p: argparse.ArgumentParser, required: bool, pretrained: str | None = None) -> None:
-    p.add_argument("--model", required=required, default=None if required else "ViT-B-16",
-                   help="open_clip architecture / model JSON, or HF id/folder" +
-                   ("" if required else " (default ViT-B-16)"))
+def _int_at_least(low: int):
+    """argparse ``type=``: an integer >= ``low`` (else argparse prints a usage error, exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+positive_int = _int_at_least(1)
+nonneg_int = _int_at_least(0)
+
+
+def int_list(text: str) -> str:
+    """argparse ``type=``: comma-separated integers >= 0 (kept as the text)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, got {text!r}")
+    return text
+
+
+def _add_model_args(p: argparse.ArgumentParser, default: str | None,
+                    pretrained: str | None = None) -> None:
+    p.add_argument("--model", default=None,
+                   help="a bare CLIP: open_clip architecture / model JSON, or HF id/folder" +
+                   (f" (default {default}" if default else " (required") +
+                   " without a run; with a run it must agree with the run's model)")
     p.add_argument("--backbone", choices=["open_clip", "hf"], default="open_clip")
     p.add_argument("--pretrained", default=pretrained,
                    help="open_clip pretrained tag or local weights file" +
@@ -207,7 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint")
-    e.add_argument("config", help="experiment config (a run folder's config.yaml works)")
+    e.add_argument("config", nargs="?", default=None,
+                   help="experiment config whose evaluation datasets to score (default: the "
+                        "run's config.yaml); the model always comes from the run")
     e.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder (latest)")
     e.add_argument("--split", choices=["train", "val", "test"], default=None)
     e.add_argument("--out", default=None, help="output folder (default: <checkpoint>/eval)")
@@ -216,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     z = sub.add_parser("zero-shot", help="score labelled videos against any prompt file, "
                        "under zero-shot protocols")
-    _add_model_args(z, required=True)
+    _add_model_args(z, default=None)
     z.add_argument("--weights", default=None, help="a vlcofit checkpoint or run folder to load")
     z.add_argument("--data", required=True, help="dataset card, or a path,label CSV manifest")
     z.add_argument("--split", default="val")
@@ -225,14 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--protocol", action="append", default=[],
                    help="full (default), half (random 50%% class subsets), k600-novel, base2novel, "
                         "or a split file (prompts/splits name or path); repeatable or comma-separated")
-    z.add_argument("--half-draws", type=int, default=10, help="half-class subsets drawn (default 10)")
-    z.add_argument("--half-seed", type=int, default=0, help="seed of the half-class draws")
+    z.add_argument("--half-draws", type=positive_int, default=10, help="half-class subsets drawn (default 10)")
+    z.add_argument("--half-seed", type=nonneg_int, default=0, help="seed of the half-class draws")
     z.add_argument("--template-mode", choices=["ensemble", "single", "both"], default="ensemble",
                    help="mean over all templates, one template (--template-index), or both")
-    z.add_argument("--template-index", type=int, default=0, help="the template for --template-mode single")
-    z.add_argument("--frames", type=int, default=8, help="frames per clip for a manifest")
-    z.add_argument("--batch-size", type=int, default=8)
-    z.add_argument("--workers", type=int, default=2, help="data-loading processes")
+    z.add_argument("--template-index", type=nonneg_int, default=0, help="the template for --template-mode single")
+    z.add_argument("--frames", type=positive_int, default=8, help="frames per clip for a manifest")
+    z.add_argument("--batch-size", type=positive_int, default=8)
+    z.add_argument("--workers", type=nonneg_int, default=2, help="data-loading processes")
     _add_cache_args(z)
     z.add_argument("--json", action="store_true", help="print the results as JSON")
     z.add_argument("--out", default=None, help="write results JSON here")
@@ -240,15 +291,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("few-shot", help="K-shot splits, fine-tuning and a linear probe per K and seed")
     f.add_argument("config", help="experiment config (its single training dataset is subsampled)")
-    f.add_argument("--shots", default="2,4,8,16", help="K values, comma-separated (default 2,4,8,16)")
-    f.add_argument("--seeds", type=int, default=3, help="number of split seeds: 0..N-1 (default 3)")
-    f.add_argument("--seed-list", default=None, help="explicit split seeds, comma-separated")
+    f.add_argument("--shots", type=int_list, default="2,4,8,16", help="K values, comma-separated (default 2,4,8,16)")
+    f.add_argument("--seeds", type=positive_int, default=3, help="number of split seeds: 0..N-1 (default 3)")
+    f.add_argument("--seed-list", type=int_list, default=None, help="explicit split seeds, comma-separated")
     f.add_argument("--out", default="runs/fewshot", help="folder for splits, runs and results")
     f.add_argument("--probe", action="store_true", help="also a frozen-encoder linear probe")
     f.add_argument("--probe-only", action="store_true", help="only the linear probe (no fine-tuning)")
+    f.add_argument("--from", dest="from_run", default=None, metavar="RUN",
+                   help="fine-tune (and probe) a trained run: its model config and weights "
+                        "(run folder or checkpoint)")
     f.add_argument("--probe-checkpoint", default=None,
                    help="encoder weights for the probe (checkpoint or run folder; "
-                        "default: the config's model)")
+                        "default: --from, else the config's model)")
     f.add_argument("--splits", default=None,
                    help="folder of ready-made k{K}_seed{S}.csv split files to use instead of drawing")
     f.add_argument("--splits-only", action="store_true", help="write the split files and stop")
@@ -265,24 +319,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--templates", default=None, help="template file (default: the run's, or text4vis)")
     r.add_argument("--checkpoint", default=None, help="a vlcofit checkpoint or run folder")
     r.add_argument("--config", default=None, help="the checkpoint's config (default: its run's config.yaml)")
-    _add_model_args(r, required=False, pretrained="openai")
+    _add_model_args(r, default="ViT-B-16", pretrained="openai")
     r.add_argument("--boxes", default=None,
                    help="localisation models: CSV of video_path,time_sec,x1,y1,x2,y2 (normalised)")
-    r.add_argument("--top-k", type=int, default=5)
-    r.add_argument("--frames", type=int, default=8, help="frames per clip (default 8)")
+    r.add_argument("--top-k", type=positive_int, default=5)
+    r.add_argument("--frames", type=positive_int, default=8, help="frames per clip (default 8)")
     r.add_argument("--sampling", choices=["tsn", "dense"], default="tsn")
-    r.add_argument("--stride", type=int, default=4, help="frame stride for dense sampling")
-    r.add_argument("--clips", type=int, default=1, help="temporal views averaged (default 1)")
+    r.add_argument("--stride", type=positive_int, default=4, help="frame stride for dense sampling")
+    r.add_argument("--clips", type=positive_int, default=1, help="temporal views averaged (default 1)")
     r.add_argument("--crops", type=int, choices=[1, 3], default=1, help="spatial views (1 or 3)")
     r.add_argument("--decoder", choices=["pyav", "torchcodec", "decord"], default="pyav")
-    r.add_argument("--batch-size", type=int, default=8)
-    r.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    r.add_argument("--batch-size", type=positive_int, default=8)
+    r.add_argument("--workers", type=nonneg_int, default=0, help="data-loading processes")
     r.add_argument("--json", action="store_true", help="print JSON instead of a table")
     r.set_defaults(func=cmd_predict)
 
     c = sub.add_parser("compare", help="co-finetuning vs the sequential transfer baseline, several seeds")
     c.add_argument("config", help="experiment config with a mixture and train.downstream")
-    c.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    c.add_argument("--seeds", type=int_list, default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     c.add_argument("--out", default="runs/compare", help="folder for all runs and the comparison")
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     c.set_defaults(func=cmd_compare)
@@ -291,7 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--labelmap", required=True)
     a.add_argument("--groundtruth", required=True)
     a.add_argument("--detections", required=True)
-    a.add_argument("--exclusions", default=None)
+    from .metrics.ava import ACTIVITYNET_2019, CURRENT, PROTOCOLS
+    a.add_argument("--protocol", choices=list(PROTOCOLS), default=CURRENT,
+                   help="evaluator revision: "
+                   + "; ".join(f"{k}: {v}" for k, v in PROTOCOLS.items()) + f" (default {CURRENT})")
+    a.add_argument("--exclusions", default=None,
+                   help=f"excluded keyframes (video_id,timestamp rows); only with --protocol "
+                   f"{ACTIVITYNET_2019}, the current evaluator has no such file")
     a.add_argument("--out", default=None, help="also write the JSON here")
     a.set_defaults(func=cmd_ava_eval)
 

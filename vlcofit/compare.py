@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 
 from .config import load_experiment
+from .distributed import process_state
+from .stats import STD, mean_std
 from .train import train
 
 logger = logging.getLogger(__name__)
 
 SCHEDULES = ("cofinetune", "sequential")
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return float("nan"), float("nan")
-    mean = sum(values) / len(values)
-    var = sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1)
-    return mean, math.sqrt(var)
 
 
 def _finished(run: Path) -> dict[str, float] | None:
@@ -52,19 +44,21 @@ def compare(config: str, overrides: list[str], seeds: list[int], out: Path) -> d
             results[schedule].append(metrics)
     counts = ("/count", "/unreadable", "/keyframes")
     keys = [k for k in results[SCHEDULES[0]][0] if not k.endswith(counts)]
-    summary = {s: {k: _mean_std([m.get(k, float("nan")) for m in results[s]]) for k in keys}
+    summary = {s: {k: mean_std([m.get(k, float("nan")) for m in results[s]]) for k in keys}
                for s in SCHEDULES}
-    report = {"config": str(config), "overrides": overrides, "seeds": seeds, "runs": results,
+    report = {"config": str(config), "overrides": overrides, "seeds": seeds, "std": STD,
+              "runs": results,
               "summary": {s: {k: {"mean": m, "std": sd} for k, (m, sd) in v.items()}
                           for s, v in summary.items()}}
-    (out / "comparison.json").write_text(json.dumps(report, indent=2))
-    (out / "comparison.md").write_text(format_table(summary, keys, len(seeds)))
-    plot_comparison(summary, keys, out / "comparison.png")
+    if process_state().is_main_process:  # every process trained; one writes the report
+        (out / "comparison.json").write_text(json.dumps(report, indent=2))
+        (out / "comparison.md").write_text(format_table(summary, keys, len(seeds)))
+        plot_comparison(summary, keys, out / "comparison.png")
     return report
 
 
 def format_table(summary: dict, keys: list[str], n: int) -> str:
-    lines = [f"| metric (mean ± std over {n} seeds) | " + " | ".join(SCHEDULES) + " |",
+    lines = [f"| metric (mean ± {STD} over {n} seeds) | " + " | ".join(SCHEDULES) + " |",
              "| --- | " + " | ".join("---" for _ in SCHEDULES) + " |"]
     for k in keys:
         cells = [f"{summary[s][k][0]:.2f} ± {summary[s][k][1]:.2f}" for s in SCHEDULES]

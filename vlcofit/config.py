@@ -4,6 +4,10 @@ An experiment config holds the model, the dataset cards it uses (by name, with p
 overrides), training and evaluation settings. Unknown keys and values of the wrong type are
 errors naming the file and field. ``--set a.b=v`` overrides any field (the value is parsed as
 YAML). The fully resolved config is written to each run folder and can be loaded again as is.
+
+Every numeric field's range and every choice field's values are declared once, in ``RANGES``
+and ``CHOICES``, and checked as the config is read. Errors name where the bad value came from:
+the YAML file and the field, or the ``--set`` item that set it.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import yaml
 
@@ -35,6 +39,7 @@ class LocalizationSpec:
     proposals_test: str | None = None
     exclusions_val: str | None = None  # keyframes the evaluation ignores
     exclusions_test: str | None = None
+    eval_protocol: str = "current"  # AVA evaluator revision: vlcofit.metrics.ava.PROTOCOLS
     media: str = "video"  # video: <root>/<videos>/<video_id>.<ext>; frames: <video_id>/img_%05d.jpg
     videos: str = "videos"  # sub-folder of root holding the videos or frame folders
     video_extension: str = ".mp4"
@@ -161,6 +166,160 @@ class ExperimentConfig:
         return self.eval.datasets or self.train.datasets
 
 
+# --------------------------------------------------------------------------- value checks
+
+@dataclass(frozen=True)
+class Bound:
+    """A numeric range; ``None``: unbounded on that side; ``open_*``: that end excluded."""
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if value != value:  # NaN
+            return False
+        if self.low is not None and (value <= self.low if self.open_low else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.open_high else value <= self.high)
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.open_low else '>='} {self.low:g}"
+        if self.low is None:
+            return f"{'<' if self.open_high else '<='} {self.high:g}"
+        return (f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}"
+                f"{')' if self.open_high else ']'}")
+
+
+AT_LEAST_1 = Bound(1)
+NON_NEGATIVE = Bound(0)
+POSITIVE = Bound(0, open_low=True)
+UNIT = Bound(0, 1)
+
+# The range of every numeric field (None values, where allowed, are not checked; tuple fields:
+# each item). The dict-valued train.weights / loss_weights / step_budgets are checked per
+# dataset by vlcofit.mixture.check_mixture.
+RANGES: dict[type, dict[str, Bound]] = {
+    ModelConfig: {"temporal_layers": NON_NEGATIVE},
+    DatasetCard: {"num_classes": AT_LEAST_1, "num_frames": AT_LEAST_1, "frame_stride": AT_LEAST_1,
+                  "test_clips": AT_LEAST_1, "min_crop_scale": Bound(0, 1, open_low=True)},
+    LocalizationSpec: {"fps": POSITIVE, "first_frame_time": NON_NEGATIVE,
+                       "keyframe_range": NON_NEGATIVE, "person_score_threshold": UNIT,
+                       "train_proposal_iou": UNIT, "head_mid_tail": NON_NEGATIVE},
+    TrainConfig: {
+        "temperature": POSITIVE, "steps": AT_LEAST_1, "batch_size": AT_LEAST_1,
+        "grad_accum": AT_LEAST_1, "lr": NON_NEGATIVE, "lr_new": NON_NEGATIVE,
+        "weight_decay": NON_NEGATIVE, "warmup_steps": NON_NEGATIVE, "clip_grad": NON_NEGATIVE,
+        "label_smoothing": Bound(0, 1, open_high=True), "seed": NON_NEGATIVE,
+        "num_workers": NON_NEGATIVE, "log_every": AT_LEAST_1, "eval_every": NON_NEGATIVE,
+        "save_every": AT_LEAST_1, "keep_checkpoints": NON_NEGATIVE, "max_bad_fraction": UNIT},
+    EvalConfig: {"batch_size": AT_LEAST_1, "max_batches": AT_LEAST_1},
+}
+
+
+def _mixture_choices(key: str) -> Callable[[], tuple[str, ...]]:
+    def choices() -> tuple[str, ...]:
+        from . import mixture  # builds on this module
+        return getattr(mixture, key)
+    return choices
+
+
+def _decoders() -> tuple[str, ...]:
+    from .data.video import BACKENDS  # imports torch: only when a card names a decoder
+    return BACKENDS
+
+
+def _media() -> tuple[str, ...]:
+    from .data.localization import MEDIA
+    return MEDIA
+
+
+# The values of every choice field (a tuple, or a function giving one where the list lives in a
+# module that imports torch).
+CHOICES: dict[type, dict[str, tuple | Callable[[], tuple]]] = {
+    ModelConfig: {"backbone": ("open_clip", "hf"), "temporal": ("mean", "transformer"),
+                  "box_temporal": ("mean", "transformer"), "head": ("text", "linear")},
+    DatasetCard: {"task": TASKS, "sampling": ("tsn", "dense"), "test_crops": (1, 3),
+                  "decoder": _decoders},
+    LocalizationSpec: {"media": _media},
+    TrainConfig: {"sampling": _mixture_choices("SAMPLING"),
+                  "schedule": _mixture_choices("SCHEDULES"),
+                  "mixed_precision": ("no", "bf16", "fp16"), "box_loss": ("bce", "focal")},
+    EvalConfig: {"split": ("train", "val", "test")},
+}
+
+
+def _check_value(cls: type, name: str, value: Any, key: str, source: Source) -> None:
+    """``value`` of field ``name`` of ``cls`` (at dotted ``key``) against RANGES and CHOICES."""
+    choices = CHOICES.get(cls, {}).get(name)
+    if choices is not None:
+        options = choices() if callable(choices) else choices
+        if value not in options:
+            _fail(source, key, f"must be one of {', '.join(map(str, options))}; got {value!r}")
+    bound = RANGES.get(cls, {}).get(name)
+    if bound is None or value is None:
+        return
+    for i, item in enumerate(value if isinstance(value, tuple) else (value,)):
+        if item not in bound:
+            _fail(source, key, f"must be {bound}, got {item!r}",
+                  item=i if isinstance(value, tuple) else None)
+
+
+# --------------------------------------------------------------------------- sources
+
+# Where a config value came from, for messages: ``source(key, blame=None)`` -> (who, shown).
+# ``who`` is a file or a ``--set ITEM``; ``shown`` is the dotted ``key`` as written there;
+# ``blame`` (default ``key``) is the key whose origin decides ``who`` (an unknown key is reported
+# at its section, but blamed on whoever wrote the key).
+Source = Callable[..., tuple[str, str]]
+
+
+def _file_source(file: str) -> Source:
+    return lambda key, blame=None: (file, key)
+
+
+def _set_source(base: Source, items: Sequence[str]) -> Source:
+    """Keys set by ``--set`` items (or in or above what an item set) name the item, the last one
+    winning; the others are ``base``'s."""
+    sets = [(item.partition("=")[0], item) for item in items]
+
+    def source(key: str, blame: str | None = None) -> tuple[str, str]:
+        b = blame or key
+        for set_key, item in reversed(sets):
+            if b == set_key or b.startswith(set_key + ".") or set_key.startswith(b + "."):
+                return f"--set {item}", key
+        return base(key, blame)
+    return source
+
+
+def _sub_source(parent: Source, prefix: str, own: Source | None = None,
+                overridden: Sequence[str] = ()) -> Source:
+    """Keys of a sub-config (a card at ``datasets.NAME``): those in ``overridden`` (or all,
+    without ``own``) are ``parent``'s, under ``prefix``; the others ``own``'s (the card file)."""
+    def source(key: str, blame: str | None = None) -> tuple[str, str]:
+        b = blame or key
+        if own is not None and not any(b == k or b.startswith(f"{k}.") or k.startswith(f"{b}.")
+                                       for k in overridden):
+            return own(key, blame)
+        return parent(f"{prefix}.{key}" if key else prefix, f"{prefix}.{b}" if b else prefix)
+    return source
+
+
+def _where(source: Source, key: str, blame: str | None = None) -> str:
+    """``file.key`` (or ``file`` at the top), ``--set ITEM: key``: the prefix of type errors."""
+    who, shown = source(key, blame)
+    if not shown:
+        return who
+    return f"{who}: {shown}" if who.startswith("--set ") else f"{who}.{shown}"
+
+
+def _fail(source: Source, key: str, problem: str, item: int | None = None) -> typing.NoReturn:
+    """``file: key problem`` or ``--set ITEM: key problem`` (``key[item]``: a list's item)."""
+    who, shown = source(key)
+    raise InputError(f"{who}: {shown}{'' if item is None else f'[{item}]'} {problem}")
+
+
 # --------------------------------------------------------------------------- building
 
 def _type_name(tp: Any) -> str:
@@ -209,29 +368,36 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise TypeError(f"unsupported config type {tp} at {where}")  # a bug in this module
 
 
-def from_dict(cls: type, data: Any, where: str) -> Any:
-    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types are InputErrors."""
+def from_dict(cls: type, data: Any, where: str, source: Source | None = None,
+              prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping; unknown keys, wrong types and values out of range
+    (RANGES, CHOICES) are InputErrors naming ``where`` (the file) and the field, or, through
+    ``source``, the ``--set`` item that set it. ``prefix``: the dotted key of ``data``."""
+    source = source or _file_source(where)
+    section = prefix.rstrip(".")
     if not isinstance(data, dict):
-        raise InputError(f"{where}: expected a mapping, got {data!r}")
+        raise InputError(f"{_where(source, section)}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
-        raise InputError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(fields)})")
+        raise InputError(f"{_where(source, section, f'{prefix}{unknown[0]}')}: unknown key "
+                         f"{unknown[0]!r} (known: {', '.join(fields)})")
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]
-        sub = f"{where}.{name}"
+        key = f"{prefix}{name}"
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = from_dict(tp, value, sub)
+            kwargs[name] = from_dict(tp, value, where, source, f"{key}.")
         elif name == "datasets" and cls is ExperimentConfig:
-            kwargs[name] = _read_datasets(value, sub)
+            kwargs[name] = _read_datasets(value, source)
         else:
-            kwargs[name] = _coerce(value, tp, sub)
+            kwargs[name] = _coerce(value, tp, _where(source, key))
+            _check_value(cls, name, kwargs[name], key, source)
     missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:
-        raise InputError(f"{where}: missing required key {missing[0]!r}")
+        raise InputError(f"{_where(source, section)}: missing required key {missing[0]!r}")
     return cls(**kwargs)
 
 
@@ -267,80 +433,116 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
-def load_card(name_or_path: str, overrides: dict | None = None, name: str | None = None) -> DatasetCard:
-    """Load a dataset card (shipped name or path), apply per-run ``overrides``."""
+def load_card(name_or_path: str, overrides: dict | None = None, name: str | None = None,
+              source: Source | None = None) -> DatasetCard:
+    """Load a dataset card (shipped name or path), apply per-run ``overrides``.
+
+    ``source``: where the overrides came from (an experiment's, naming its file or `--set`
+    items, at ``datasets.NAME``); values from the card file name the card file."""
     path = resources.find("datasets", name_or_path)
     data = load_yaml(path)
-    data.update(overrides or {})
+    overridden = []
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):  # localization: merged
+            data[key] = {**data[key], **value}
+            overridden += [f"{key}.{sub}" for sub in value]
+        else:
+            data[key] = value
+            overridden.append(key)
     data.setdefault("name", name or path.stem)
-    card = from_dict(DatasetCard, data, str(path))
-    _check_card(card, str(path))
+    card_source = _file_source(str(path))
+    if source is not None:
+        card_source = _sub_source(source, f"datasets.{data['name']}", card_source, overridden)
+    card = from_dict(DatasetCard, data, str(path), card_source)
+    _check_card(card, card_source)
     return card
 
 
-def _check_card(card: DatasetCard, where: str) -> None:
-    if card.task not in TASKS:
-        raise InputError(f"{where}: task must be one of {TASKS}, got {card.task!r}")
-    if card.sampling not in ("tsn", "dense"):
-        raise InputError(f"{where}: sampling must be tsn or dense, got {card.sampling!r}")
-    if card.test_crops not in (1, 3):
-        raise InputError(f"{where}: test_crops must be 1 or 3, got {card.test_crops}")
-    for key in ("num_frames", "frame_stride", "test_clips"):
-        if getattr(card, key) < 1:
-            raise InputError(f"{where}: {key} must be >= 1")
+def _check_card(card: DatasetCard, source: Source) -> None:
+    """Card checks beyond RANGES and CHOICES (cross-field, list lengths)."""
     if not card.prompts:
-        raise InputError(f"{where}: `prompts` (the class-name prompt file) is required")
+        who, _ = source("prompts")
+        raise InputError(f"{who}: `prompts` (the class-name prompt file) is required")
+    spec = card.localization
+    if spec.keyframe_range and (len(spec.keyframe_range) != 2
+                                or spec.keyframe_range[0] > spec.keyframe_range[1]):
+        _fail(source, "localization.keyframe_range",
+              f"must be [first, last] (first <= last), got {list(spec.keyframe_range)}")
+    if len(spec.head_mid_tail) != 2 or spec.head_mid_tail[0] > spec.head_mid_tail[1]:
+        _fail(source, "localization.head_mid_tail",
+              f"must be [tail_below, head_from] (increasing), got {list(spec.head_mid_tail)}")
 
 
-def _read_datasets(value: Any, where: str) -> dict[str, DatasetCard]:
+def _read_datasets(value: Any, source: Source) -> dict[str, DatasetCard]:
     """``{name: {card: NAME_OR_PATH, **overrides}}``, or a full inline card (no `card` key)."""
     if not isinstance(value, dict):
-        raise InputError(f"{where}: expected a mapping of dataset name -> card")
+        raise InputError(f"{_where(source, 'datasets')}: expected a mapping of dataset name -> card")
     cards = {}
     for name, entry in value.items():
-        sub = f"{where}.{name}"
+        key = f"datasets.{name}"
         if isinstance(entry, str):
             entry = {"card": entry}
         if not isinstance(entry, dict):
-            raise InputError(f"{sub}: expected a card name/path or a mapping")
+            raise InputError(f"{_where(source, key)}: expected a card name/path or a mapping")
         entry = dict(entry)
         entry.setdefault("name", name)
         if entry["name"] != name:
-            raise InputError(f"{sub}.name: {entry['name']!r} differs from its key {name!r}")
+            raise InputError(f"{_where(source, f'{key}.name')}: {entry['name']!r} differs from its "
+                             f"key {name!r}")
         if "card" in entry:
-            cards[name] = load_card(entry.pop("card"), entry, name)
+            card = entry.pop("card")
+            if not isinstance(card, str) or not card:
+                raise InputError(f"{_where(source, f'{key}.card')}: expected a card name or path, "
+                                 f"got {card!r}")
+            try:
+                cards[name] = load_card(card, entry, name, source)
+            except InputError as e:
+                if str(e).startswith(f"{card}: no such file"):  # name the config that names it
+                    raise InputError(f"{_where(source, f'{key}.card')}: {e}") from None
+                raise
         else:
-            cards[name] = from_dict(DatasetCard, entry, sub)
-            _check_card(cards[name], sub)
+            card_source = _sub_source(source, key)
+            cards[name] = from_dict(DatasetCard, entry, str(key), card_source)
+            _check_card(cards[name], card_source)
     return cards
 
 
-def _check_experiment(cfg: ExperimentConfig, where: str) -> None:
+def _check_experiment(cfg: ExperimentConfig, source: Source, overrides: Sequence[str] = ()) -> None:
+    """Experiment checks beyond RANGES and CHOICES: names that must exist, cross-field limits."""
     for key in ("train.datasets", "eval.datasets"):
         section, _ = key.split(".")
         for name in getattr(cfg, section).datasets:
             if name not in cfg.datasets:
-                raise InputError(f"{where}: {key} names {name!r}, which is not under `datasets` "
-                                 f"(have: {', '.join(cfg.datasets) or 'none'})")
-    m, t = cfg.model, cfg.train
-    checks = [
-        (m.backbone in ("open_clip", "hf"), "model.backbone must be open_clip or hf"),
-        (m.temporal in ("mean", "transformer"), "model.temporal must be mean or transformer"),
-        (m.box_temporal in ("mean", "transformer"),
-         "model.box_temporal must be mean or transformer"),
-        (m.head in ("text", "linear"), "model.head must be text or linear"),
-        (t.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision must be no, bf16 or fp16"),
-        (t.steps >= 1 and t.batch_size >= 1 and t.grad_accum >= 1,
-         "train.steps, train.batch_size and train.grad_accum must be >= 1"),
-        (0.0 <= t.max_bad_fraction <= 1.0, "train.max_bad_fraction must be in [0, 1]"),
-        (t.box_loss in ("bce", "focal"), "train.box_loss must be bce or focal"),
-        (cfg.eval.split in ("train", "val", "test"), "eval.split must be train, val or test"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise InputError(f"{where}: {message}")
+                _fail(source, key, f"names {name!r}, which is not under `datasets` "
+                                   f"(have: {', '.join(cfg.datasets) or 'none'})")
+    if cfg.model.temporal == "transformer":
+        max_frames = _temporal_max_frames()
+        for name in cfg.train.datasets + cfg.eval_datasets:
+            if cfg.datasets[name].num_frames > max_frames:
+                _fail(source, f"datasets.{name}.num_frames",
+                      f"is {cfg.datasets[name].num_frames}; model.temporal=transformer takes at most "
+                      f"{max_frames} frames")
     from .mixture import check_mixture  # mixture builds on this module
-    check_mixture(cfg, where)
+    file, _ = source("")
+    mixing = [item for item in overrides if _mixture_key(item.partition("=")[0])]
+    check_mixture(cfg, file + "".join(f" with --set {item}" for item in mixing))
+
+
+def _mixture_key(key: str) -> bool:
+    """Whether a --set key is one check_mixture reads (its errors then name the item too)."""
+    parts = key.split(".")
+    if parts[0] == "datasets":
+        return len(parts) <= 2 or parts[2:] == ["num_frames"]
+    return parts[0] == "train" and (len(parts) == 1 or parts[1] in (
+        "datasets", "sampling", "temperature", "weights", "loss_weights", "step_budgets",
+        "schedule", "downstream"))
+
+
+def _temporal_max_frames() -> int:
+    import inspect
+
+    from .models.temporal import TemporalTransformer  # imports torch: only for this check
+    return inspect.signature(TemporalTransformer).parameters["max_frames"].default
 
 
 # --------------------------------------------------------------------------- overrides
@@ -369,11 +571,15 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def load_experiment(name_or_path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load an experiment config (shipped name or path) with ``--set`` overrides applied."""
+    """Load an experiment config (shipped name or path) with ``--set`` overrides applied.
+
+    Errors about a value an override set name the ``--set`` item, the others the file."""
     path = resources.find("experiments", name_or_path)
-    data = apply_overrides(load_yaml(path), overrides or [])
-    cfg = from_dict(ExperimentConfig, data, str(path))
-    _check_experiment(cfg, str(path))
+    overrides = list(overrides or [])
+    data = apply_overrides(load_yaml(path), overrides)
+    source = _set_source(_file_source(str(path)), overrides)
+    cfg = from_dict(ExperimentConfig, data, str(path), source)
+    _check_experiment(cfg, source, overrides)
     return cfg
 
 

@@ -5,13 +5,17 @@ Metrics (keys ``"<name>/..."``), APs in percent like accuracies elsewhere (the o
 
 - ``mAP``: official frame-mAP@0.5 IoU (vlcofit.metrics.ava) of the detections file written
   (computed in memory on boxes rounded as the file writes them, so it equals the official tool
-  run on that file; the file is only written with ``out_dir``);
+  run on that file; the file is only written with ``out_dir``), under the card's
+  ``localization.eval_protocol``: ``current`` (default, the latest official evaluator) or
+  ``activitynet-2019`` (its revision with an exclusions file). The card's excluded keyframes
+  and the unreadable ones are left out under both; with ``current``, which has no exclusions
+  file, that equals running it on a ground-truth file without those keyframes;
 - ``mAP_head`` / ``mAP_mid`` / ``mAP_tail``: mean AP over the evaluated classes (those with
   ground truth) whose training-instance count is >= thresholds[1] / in [thresholds[0],
   thresholds[1]) / < thresholds[0]; NaN for a group without an evaluated class, and for all
   three without ``train_counts``;
 - ``unreadable``: keyframes whose clip could not be read. They are left out of the evaluation
-  (added to the excluded keyframes, so their ground truth does not count as missed), as
+  (like excluded keyframes, so their ground truth does not count as missed), as
   classification evaluation leaves unreadable videos out;
 - ``keyframes``: keyframes evaluated.
 
@@ -159,12 +163,15 @@ def evaluate_localization(accelerator, model, loader, name: str, rows: torch.Ten
                           labelmap: Mapping[int, str], exclusions_path: str | Path | None = None,
                           out_dir: Path | None = None, train_counts: np.ndarray | None = None,
                           thresholds: tuple[int, int] = (100, 1000), max_batches: int | None = None,
-                          class_text: torch.Tensor | None = None) -> dict[str, float]:
+                          class_text: torch.Tensor | None = None,
+                          protocol: str = ava.CURRENT) -> dict[str, float]:
     """Evaluate one localisation dataset; every process returns the same metrics (module
     docstring). ``rows`` [C]: the label-space rows of ``classes``; ``class_text`` [C, E] scores
     against other class embeddings instead (zero-shot). ``train_counts`` [C] in class-index
-    order (``data.localization.train_instance_counts``). With ``out_dir`` (main process) writes
+    order (``data.localization.train_instance_counts``). ``protocol``: one of
+    ``vlcofit.metrics.ava.PROTOCOLS``. With ``out_dir`` (main process) writes
     ``<name>_detections.csv``, ``<name>_per_class_ap.csv`` and ``<name>_per_class_ap.png``."""
+    ava.check_protocol(protocol)  # before the pass over the data
     unwrapped = accelerator.unwrap_model(model)
     mode = unwrapped.training
     with torch.no_grad():  # in eval mode, as classification scoring gets its class matrix
@@ -178,7 +185,7 @@ def evaluate_localization(accelerator, model, loader, name: str, rows: torch.Ten
     if accelerator.is_main_process:
         try:
             out[0] = _report(records, truncated, name, classes, groundtruth_path, labelmap,
-                             exclusions_path, out_dir, train_counts, thresholds)
+                             exclusions_path, out_dir, train_counts, thresholds, protocol)
         except Exception as err:  # raised on every process, not left waiting in the broadcast
             out[0] = err
     result = broadcast_object_list(out)[0]
@@ -188,7 +195,7 @@ def evaluate_localization(accelerator, model, loader, name: str, rows: torch.Ten
 
 
 def _report(records, truncated, name, classes, groundtruth_path, labelmap, exclusions_path,
-            out_dir, train_counts, thresholds) -> dict[str, float]:
+            out_dir, train_counts, thresholds, protocol=ava.CURRENT) -> dict[str, float]:
     det, unreadable = detections_table(records, classes, labelmap)
     if unreadable:
         logger.warning("%s: %d unreadable keyframes left out of the evaluation", name, len(unreadable))
@@ -201,7 +208,7 @@ def _report(records, truncated, name, classes, groundtruth_path, labelmap, exclu
     if missing:
         logger.warning("%s: %d ground-truth keyframes were not in the evaluation set; their "
                        "boxes count as missed", name, len(missing))
-    result = ava.evaluate(labelmap, gt, det, excluded)
+    result = ava.evaluate(labelmap, gt, det, excluded, protocol)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         write_detections(Path(out_dir) / f"{name}_detections.csv", det)

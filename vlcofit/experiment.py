@@ -62,7 +62,7 @@ def build_labels(cfg: ExperimentConfig) -> LabelSetup:
 def build_video_model(cfg: ExperimentConfig, labels: LabelSetup) -> VideoCLIP:
     """The video model over the run's label space; with a box head if a dataset localises."""
     used = set(cfg.train.datasets + cfg.eval_datasets) or set(cfg.datasets)
-    with_boxes = any(cfg.datasets[n].task == "localization" for n in used)
+    with_boxes = any(task_of(cfg.datasets[n]).uses_boxes for n in used)
     return build_model(cfg.model, labels.space.names, labels.row_templates, with_boxes=with_boxes)
 
 

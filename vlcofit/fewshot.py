@@ -20,7 +20,7 @@ the K-shot rows and scored top-1 on the evaluation split. Its L2 weight decay is
 ``PROBE_WEIGHT_DECAYS`` by 2-fold cross-validation on the K-shot set (folds split within each
 class) when K >= 2, else fixed to ``PROBE_DEFAULT_DECAY``.
 
-Summary: mean ± std (``numpy.std``, ddof=0) over seeds per K, as JSON (``fewshot.json``) and a
+Summary: mean ± sample std (ddof=1, :mod:`vlcofit.stats`) over seeds per K, as JSON (``fewshot.json``) and a
 plot (``fewshot.png``).
 """
 from __future__ import annotations
@@ -44,6 +44,7 @@ from .distributed import process_state
 from .errors import InputError, at
 from .experiment import build_labels, read_card_classes
 from .prompts import ClassList
+from .stats import STD, mean_std
 
 logger = logging.getLogger(__name__)
 
@@ -232,21 +233,24 @@ def probe_features(cfg: ExperimentConfig, name: str, out: Path, train_rows: list
     """Frozen-encoder features of dataset ``name``: the training videos ``train_rows`` (record
     indices; only these are decoded) and the evaluation split, each ``{"x": [N, E] normalised,
     "label": [N], "valid": [N]}`` (training: ``"rows"`` [N] too). Cached in ``<out>/features``."""
-    from . import checkpoint
     from .cache import FeatureCache, cached_features, model_fingerprint
+    from . import checkpoint
     from .experiment import build_dataset, build_video_model
+    from .runmodel import load_run_config, load_run_model
     from .train import make_accelerator
 
     accelerator = make_accelerator(cfg, None)
     labels = build_labels(cfg)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.train.seed)  # the same initial weights as the fine-tuning runs
-        model = build_video_model(cfg, labels)
-    if weights:
-        checkpoint.load_weights(model, checkpoint.resolve(weights))
+    if weights:  # the run's own model, whatever heads it has: only its encoder is used
+        model = load_run_model(weights).model
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.train.seed)  # the same initial weights as the fine-tuning runs
+            model = build_video_model(cfg, labels)
     model = accelerator.prepare(model)
     base = accelerator.unwrap_model(model)
-    store, model_id = FeatureCache(out / "features"), model_fingerprint(base, cfg.model)
+    model_cfg = load_run_config(checkpoint.resolve(weights)).model if weights else cfg.model
+    store, model_id = FeatureCache(out / "features"), model_fingerprint(base, model_cfg)
     card, out_feats = cfg.datasets[name], []
     for split in ("train", cfg.eval.split):
         ds = build_dataset(card, split, labels.classes[name], base.backbone, train=False,
@@ -279,12 +283,13 @@ def linear_probe(train_feats: dict[str, torch.Tensor], eval_feats: dict[str, tor
 # --------------------------------------------------------------------------- the protocol
 
 def summarize(runs: list[dict], key: str) -> dict[str, dict[str, float]]:
-    """Per K: mean, std (ddof=0) and n of ``run[key]`` over seeds (runs lacking it skipped)."""
+    """Per K: mean, sample std (ddof=1) and n of ``run[key]`` over seeds (runs lacking it
+    skipped)."""
     by_k: dict[int, list[float]] = {}
     for run in runs:
         if run.get(key) is not None:
             by_k.setdefault(run["k"], []).append(float(run[key]))
-    return {str(k): {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)}
+    return {str(k): dict(zip(("mean", "std"), mean_std(v)), n=len(v))
             for k, v in sorted(by_k.items())}
 
 
@@ -356,7 +361,7 @@ def few_shot(cfg: ExperimentConfig, shots: Sequence[int], seeds: Sequence[int], 
             run["probe_detail"] = linear_probe(*feats, chosen[k, seed], len(classes), seed)
             run["probe"] = run["probe_detail"]["top1"]
     result = {"dataset": name, "metric": metric, "probe_metric": f"{name}/top1",
-              "shots": list(shots), "seeds": list(seeds), "std": "numpy.std over seeds (ddof=0)",
+              "shots": list(shots), "seeds": list(seeds), "std": f"{STD} over seeds",
               "runs": runs, "summary": {m: summarize(runs, m) for m in ("finetune", "probe")
                                         if any(m in r for r in runs)}}
     if process_state().is_main_process:
@@ -370,7 +375,8 @@ def few_shot(cfg: ExperimentConfig, shots: Sequence[int], seeds: Sequence[int], 
 def format_table(result: dict) -> str:
     """Mean ± std per K of each method, as a text table."""
     methods = list(result["summary"])
-    lines = [f"few-shot: {result['dataset']} ({result['metric']}, {len(result['seeds'])} seeds)",
+    lines = [f"few-shot: {result['dataset']} ({result['metric']}, {len(result['seeds'])} seeds, "
+             f"± = {STD})",
              "K     " + "  ".join(f"{m:>16}" for m in methods)]
     for k in result["shots"]:
         cells = []

@@ -1,6 +1,10 @@
 """Dataset mixtures: which dataset each training step draws (co-finetuning, Arnab et al. 2022),
 and the sequential transfer-learning baseline with the same per-dataset step counts.
 
+The baseline is transfer learning as it is done: the upstream phase trains with its own warmup
+and cosine schedule; the downstream phase starts from those weights with a fresh optimizer and
+its own warmup and cosine (``Plan.phases``).
+
 The whole schedule is drawn up front from ``train.seed``, so every process of a distributed run
 picks the same dataset at the same step, and a resumed run knows how far each dataset got.
 """
@@ -81,6 +85,13 @@ class Plan:
     names: tuple[str, ...]
     weights: dict[str, float]
     schedule: np.ndarray  # [steps] int
+    # [start, end) step ranges; each phase has a fresh optimizer and its own lr schedule
+    phases: tuple[tuple[int, int], ...] = ()
+
+    def phase_of(self, step: int) -> int:
+        """The phase that trains step ``step`` (0-based); the last one for ``step == steps``."""
+        return next((i for i, (_, end) in enumerate(self.phases) if step < end),
+                    len(self.phases) - 1)
 
     def counts(self, upto: int | None = None) -> dict[str, int]:
         """Steps each dataset takes in ``schedule[:upto]``."""
@@ -95,6 +106,7 @@ class Plan:
 
     def to_dict(self) -> dict:
         return {"weights": self.weights, "steps": self.counts(),
+                "phases": [list(p) for p in self.phases],
                 "order": [self.names[i] for i in self.schedule[:50]]}
 
 
@@ -120,7 +132,15 @@ def plan(cfg: ExperimentConfig, sizes: dict[str, int]) -> Plan:
         i = min(i, len(names) - 1)
         schedule[step] = i
         taken[i] += 1
+    phases = ((0, t.steps),)
     if t.schedule == "sequential":
         down = np.isin(schedule, [names.index(n) for n in t.downstream])
         schedule = np.concatenate([schedule[~down], schedule[down]])
-    return Plan(tuple(names), weights, schedule)
+        upstream = int((~down).sum())
+        phases = tuple(p for p in ((0, upstream), (upstream, t.steps)) if p[1] > p[0])
+    for start, end in phases:
+        if t.warmup_steps >= end - start:
+            logger.warning("train.warmup_steps=%d is not shorter than the %d steps of the phase "
+                           "from step %d: its learning rate only warms up", t.warmup_steps,
+                           end - start, start)
+    return Plan(tuple(names), weights, schedule, phases)

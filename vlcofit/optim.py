@@ -34,9 +34,10 @@ def build_optimizer(model: nn.Module, new_names: set[str], cfg: TrainConfig) -> 
     return torch.optim.AdamW(param_groups(model, new_names, cfg), betas=(0.9, 0.98), eps=1e-6)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup over ``warmup_steps`` optimizer steps, then cosine decay to 0 at ``steps``."""
-    warmup, total = cfg.warmup_steps, cfg.steps
+def build_scheduler(optimizer: torch.optim.Optimizer, warmup: int,
+                    total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup over ``warmup`` optimizer steps, then cosine decay to 0 at ``total``
+    (the steps of one training phase)."""
 
     def factor(step: int) -> float:
         if step < warmup:

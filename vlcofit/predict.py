@@ -44,16 +44,17 @@ from typing import Sequence
 
 import torch
 
-from . import checkpoint
-from .config import DatasetCard, ExperimentConfig, ModelConfig, load_experiment
+from .config import DatasetCard, ModelConfig
 from .data.classification import ClassificationDataset, VideoRecord
 from .data.transforms import build_transform
 from .data.video import VideoError, open_video
 from .errors import InputError, at
 from .evaluate import extract_embeddings, view_scores
-from .experiment import build_labels, build_loader, build_video_model
+from .experiment import build_loader
 from .models.video import VideoCLIP, build_model
 from .prompts import ClassList, read_class_list, read_templates
+from .runmodel import check_architecture, load_run_model
+from .tasks import task_of
 
 logger = logging.getLogger(__name__)
 
@@ -81,16 +82,6 @@ def _clip_card(num_frames: int, sampling: str, frame_stride: int, clips: int, cr
                        decoder=decoder)
 
 
-def _run_config(ckpt: Path, config: str | None) -> ExperimentConfig:
-    if config is None:
-        run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
-        if run is None or not (run / "config.yaml").is_file():
-            raise InputError(f"{ckpt}: cannot find the run's config.yaml next to the checkpoint; "
-                             "pass --config")
-        config = str(run / "config.yaml")
-    return load_experiment(config)
-
-
 def load_predictor(checkpoint_path: str | None = None, model_cfg: ModelConfig | None = None,
                    config: str | None = None, num_frames: int = 8, sampling: str = "tsn",
                    frame_stride: int = 4, clips: int = 1, crops: int = 1,
@@ -104,14 +95,13 @@ def load_predictor(checkpoint_path: str | None = None, model_cfg: ModelConfig | 
             torch.manual_seed(0)  # a model without pretrained weights is the same every time
             model = build_model(cfg, [], [])
         return Predictor(model.eval(), card)
-    ckpt = checkpoint.resolve(checkpoint_path)
-    cfg = _run_config(ckpt, config)
-    labels = build_labels(cfg)
-    model = build_video_model(cfg, labels)
-    checkpoint.load_weights(model, ckpt)
-    model.refresh_text_cache()
+    run = load_run_model(checkpoint_path, config=config)
+    if model_cfg is not None:
+        check_architecture(run.cfg.model, model_cfg, checkpoint_path, "--model/--backbone",
+                           keys=("backbone", "name"))
+    model, cfg, labels = run.model, run.cfg, run.labels
     used = list(dict.fromkeys(cfg.train.datasets + cfg.eval_datasets)) or list(cfg.datasets)
-    loc = [n for n in used if cfg.datasets[n].task == "localization"]
+    loc = [n for n in used if task_of(cfg.datasets[n]).uses_boxes]
     first = ([n for n in used if n not in loc] or used)[0]  # whole videos: a clip dataset's classes
     predictor = Predictor(model.eval(), card, cfg.datasets[first].templates,
                           labels.classes[first], labels.rows(first))

@@ -30,7 +30,7 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def write_run_json(path: Path, accelerator, seed: int, **extra) -> None:
+def write_run_json(path: Path, accelerator, seed: int, resumed: bool = False, **extra) -> None:
     """run.json: versions, world size, device, seed, start time (end time added by finish_run_json)."""
     info = {
         "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
@@ -46,9 +46,10 @@ def write_run_json(path: Path, accelerator, seed: int, **extra) -> None:
         "versions": package_versions(),
         **extra,
     }
-    if path.is_file():  # a resumed run keeps its history of starts
+    if resumed and path.is_file():  # a resumed run keeps its records and its history of starts
         old = json.loads(path.read_text())
-        info["resumed_from"] = old.get("resumed_from", []) + [old.get("start_time")]
+        info = {**old, **info, "start_time": old.get("start_time"),
+                "resumed_at": old.get("resumed_at", []) + [info["start_time"]]}
     path.write_text(json.dumps(info, indent=2))
 
 

@@ -5,22 +5,22 @@ import json
 import logging
 from pathlib import Path
 
-from . import checkpoint
 from .config import ExperimentConfig, load_experiment
-from .experiment import build_dataset, build_labels, build_loader, build_video_model
+from .experiment import build_dataset, build_labels, build_loader
+from .runmodel import model_for_eval
 from .tasks import task_of
 from .train import make_accelerator
 
 logger = logging.getLogger(__name__)
 
 
-def evaluate_checkpoint(cfg: ExperimentConfig, ckpt: str, out_dir: Path | None = None) -> dict[str, float]:
-    """Supervised evaluation of a checkpoint on ``cfg``'s evaluation datasets and split."""
+def evaluate_checkpoint(cfg: ExperimentConfig, ckpt: str, out_dir: Path | None = None,
+                        cfg_name: str = "the config") -> dict[str, float]:
+    """Supervised evaluation of a checkpoint on ``cfg``'s evaluation datasets and split; the
+    model is the run's own (:mod:`vlcofit.runmodel`), scoring ``cfg``'s label space."""
     accelerator = make_accelerator(cfg, None)
     labels = build_labels(cfg)
-    model = build_video_model(cfg, labels)
-    checkpoint.load_weights(model, checkpoint.resolve(ckpt))
-    model = accelerator.prepare(model)
+    model = accelerator.prepare(model_for_eval(cfg, labels, ckpt, cfg_name))
     metrics = {}
     for name in cfg.eval_datasets:
         ds = build_dataset(cfg.datasets[name], cfg.eval.split, labels.classes[name],

@@ -21,9 +21,33 @@ from .models.backbones import Backbone
 from .prompts import ClassList
 
 
+def _parts(model) -> tuple[set[str], set[str]]:
+    """Parameter names of (image tower + temporal module, text tower)."""
+    text_ids = {id(p) for p in model.backbone.text_parameters()}
+    image, text = set(), set()
+    for n, p in model.named_parameters():
+        if n.startswith("backbone."):
+            (text if id(p) in text_ids else image).add(n)
+        elif n.startswith("temporal."):
+            image.add(n)
+    return image, text if model.train_text else set()
+
+
+def _under(model, prefix: str) -> set[str]:
+    return {n for n, _ in model.named_parameters() if n.startswith(prefix)}
+
+
 class ClassificationTask:
     name = "classification"
     collate = staticmethod(collate)
+    uses_boxes = False  # needs the model's box head
+
+    def used_parameters(self, model) -> set[str]:
+        """Names of the parameters this task's loss gives gradients to (DDP needs to know)."""
+        image, text = _parts(model)
+        if model.linear is not None:  # the linear head reads neither text nor the logit scale
+            return image | _under(model, "linear.")
+        return image | text | {"logit_scale"}
 
     def dataset(self, card: DatasetCard, split: str, classes: ClassList, backbone: Backbone,
                 train: bool, seed: int) -> ClassificationDataset:
@@ -46,6 +70,15 @@ class ClassificationTask:
 
 class LocalizationTask:
     name = "localization"
+    uses_boxes = True
+
+    def used_parameters(self, model) -> set[str]:
+        """The box head scores against text with its own scale; it reads the clip embedding
+        (temporal module) only as context."""
+        image, text = _parts(model)
+        if not model.box_head.use_context:
+            image -= _under(model, "temporal.")
+        return image | text | _under(model, "box_head.")
 
     @staticmethod
     def collate(batch):
@@ -75,7 +108,8 @@ class LocalizationTask:
         return evaluate_localization(
             accelerator, model, loader, card.name, rows, classes, root / card.split_file(split),
             labelmap, exclusions_path=root / exclusions if exclusions else None, out_dir=out_dir,
-            train_counts=counts, thresholds=tuple(spec.head_mid_tail), max_batches=max_batches)
+            train_counts=counts, thresholds=tuple(spec.head_mid_tail), max_batches=max_batches,
+            protocol=spec.eval_protocol)
 
 
 @lru_cache(maxsize=8)

@@ -8,6 +8,7 @@ import logging
 import shutil
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,24 +17,25 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from . import checkpoint
+from . import mixture
+from .bad_videos import BadVideos
 from .config import ExperimentConfig, save_experiment
 from .errors import InputError
-from . import mixture
 from .experiment import build_dataset, build_labels, build_loader, build_video_model
 from .optim import build_optimizer, build_scheduler
+from .resume import check_resume_config
+from .runmodel import run_dir_of
 from .runinfo import MetricsLog, finish_run_json, plot_learning_curves, write_run_json
 from .tasks import task_of
 
 logger = logging.getLogger(__name__)
 
 
-def make_accelerator(cfg: ExperimentConfig, run_dir: Path | None) -> Accelerator:
-    """One Accelerator per run; TensorBoard logs go to ``<run>/tensorboard``."""
-    tasks = {cfg.datasets[n].task for n in cfg.train.datasets}
-    handlers = []
-    if len(tasks) > 1 or "localization" in tasks:
-        # Each step trains one task: the other task's head gets no gradient that step.
-        handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
+def make_accelerator(cfg: ExperimentConfig, run_dir: Path | None,
+                     find_unused: bool = False) -> Accelerator:
+    """One Accelerator per run; TensorBoard logs go to ``<run>/tensorboard``. ``find_unused``:
+    some training step leaves trainable parameters without a gradient (:func:`freeze_unused`)."""
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused else []
     return Accelerator(
         mixed_precision=cfg.train.mixed_precision,
         log_with="tensorboard" if run_dir is not None else None,
@@ -68,149 +70,208 @@ def _batches(accelerator, loader, dataset, start_micro: int):
         epoch, skip = epoch + 1, 0
 
 
-class BadVideos:
-    """Unreadable training videos: counted, listed in ``bad_videos.txt``, fatal past a fraction
-    of any one dataset."""
+def freeze_unused(model, tasks) -> bool:
+    """Freeze what no training task uses (a box head that is only evaluated, the logit scale
+    beside a linear head): DDP then never waits for a gradient that cannot come. Returns
+    whether some step still leaves trainable parameters unused (a mixture of tasks), which DDP
+    must be told (``find_unused_parameters``)."""
+    used = [task.used_parameters(model) for task in tasks]
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    union = set().union(*used) & trainable
+    frozen = sorted(trainable - union)
+    for name, p in model.named_parameters():
+        if name in frozen:
+            p.requires_grad_(False)
+    if frozen:
+        logger.info("frozen, no training task uses them: %s", ", ".join(frozen))
+    return any((u & union) != union for u in used)
 
-    def __init__(self, path: Path, max_fraction: float, sizes: dict[str, int]):
-        self.path, self.max_fraction, self.sizes = path, max_fraction, sizes
-        self.local: dict[str, set[str]] = {n: set() for n in sizes}
-        self.known: dict[str, set[str]] = {n: set() for n in sizes}
 
-    def add(self, name: str, paths: list[str]) -> None:
-        self.local[name].update(paths)
+@dataclass
+class _Data:
+    """A run's datasets, loaders and mixture plan."""
+    train_sets: dict
+    loaders: dict
+    eval_loaders: dict
+    mix: mixture.Plan
 
-    def total(self) -> int:
-        return sum(len(v) for v in self.known.values())
 
-    def sync(self, accelerator) -> None:
-        """Collective: merge every process's lists, write them, fail past ``max_fraction``."""
-        local = {n: sorted(v) for n, v in self.local.items()}
-        for part in accelerator.gather_for_metrics([local], use_gather_object=True):
-            for name, paths in part.items():
-                self.known[name].update(paths)
-        if accelerator.is_main_process and self.total():
-            self.path.write_text("".join(p + "\n" for n in self.known for p in sorted(self.known[n])))
-        for name, paths in self.known.items():
-            if len(paths) > self.max_fraction * self.sizes[name]:
-                raise InputError(f"{len(paths)} of {self.sizes[name]} training videos of {name} are "
-                                 f"unreadable, more than train.max_bad_fraction={self.max_fraction}; "
-                                 f"see {self.path}")
+def _build_data(cfg: ExperimentConfig, labels, backbone) -> _Data:
+    t = cfg.train
+    train_sets = {n: build_dataset(cfg.datasets[n], "train", labels.classes[n], backbone,
+                                   train=True, seed=t.seed) for n in t.datasets}
+    mix = mixture.plan(cfg, {n: len(ds) for n, ds in train_sets.items()})  # sizes: proportional
+    logger.info("mixture (%s, %s):\n%s", t.sampling, t.schedule, mix.table())
+    loaders = {n: build_loader(ds, t.batch_size, True, t.num_workers)
+               for n, ds in train_sets.items()}
+    eval_loaders = {n: build_loader(build_dataset(cfg.datasets[n], cfg.eval.split,
+                                                  labels.classes[n], backbone, train=False,
+                                                  seed=t.seed),
+                                    cfg.eval.batch_size, False, t.num_workers)
+                    for n in cfg.eval_datasets}
+    return _Data(train_sets, loaders, eval_loaders, mix)
+
+
+def _phase_optimizer(accelerator, model, cfg: ExperimentConfig, mix: mixture.Plan, phase: int):
+    """A fresh optimizer and warmup + cosine schedule for one training phase (co-finetuning has
+    one phase; the sequential baseline a second, downstream one)."""
+    start, end = mix.phases[phase]
+    base = accelerator.unwrap_model(model)
+    optimizer = build_optimizer(base, base.new_parameter_names(), cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train.warmup_steps, end - start)
+    return accelerator.prepare_optimizer(optimizer), scheduler
+
+
+def _start_records(run_dir: Path, accelerator, cfg: ExperimentConfig, labels, mix, resumed: bool):
+    """Write config.yaml, run.json, labels.json, mixture.json (after a resume has loaded)."""
+    t = cfg.train
+    save_experiment(cfg, run_dir / "config.yaml")
+    write_run_json(run_dir / "run.json", accelerator, t.seed, resumed=resumed)
+    (run_dir / "labels.json").write_text(json.dumps(labels.to_dict(), indent=1))
+    (run_dir / "mixture.json").write_text(json.dumps(
+        {"sampling": t.sampling, "schedule": t.schedule, **mix.to_dict()}, indent=1))
+    if not resumed:
+        (run_dir / "metrics.jsonl").write_text("")
 
 
 def train(cfg: ExperimentConfig, resume: str | None = None) -> dict[str, float]:
     """Train as ``cfg`` says — one dataset, or a mixture (co-finetuning or the sequential
     baseline); returns the final evaluation metrics. Resumable (``resume``: "latest" or a
-    checkpoint path)."""
+    checkpoint path); a resume whose config would train differently is refused, and nothing
+    of the run is rewritten before its checkpoint has loaded."""
     t = cfg.train
     if not t.datasets:
         raise InputError("train.datasets: name the dataset(s) to train on, e.g. [demo]")
     run_dir = Path(cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     resume_from = _resume_checkpoint(run_dir, resume)
-    accelerator = make_accelerator(cfg, run_dir)
-    set_seed(t.seed)  # same initial weights on every process
-    if accelerator.is_main_process:
-        save_experiment(cfg, run_dir / "config.yaml")
-        write_run_json(run_dir / "run.json", accelerator, t.seed)
+    state = checkpoint.read_state(resume_from) if resume_from else {"step": 0}
+    if resume_from is not None:  # before anything of the run is rewritten
+        check_resume_config(run_dir_of(resume_from) or run_dir, cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
     labels = build_labels(cfg)
+    set_seed(t.seed)  # same initial weights on every process
     model = build_video_model(cfg, labels)
     if cfg.model.init_from and resume_from is None:
         checkpoint.load_matching(model, checkpoint.resolve(cfg.model.init_from))
-    train_sets = {n: build_dataset(cfg.datasets[n], "train", labels.classes[n], model.backbone,
-                                   train=True, seed=t.seed) for n in t.datasets}
-    mix = mixture.plan(cfg, {n: len(ds) for n, ds in train_sets.items()})  # sizes: proportional
-    logger.info("mixture (%s, %s):\n%s", t.sampling, t.schedule, mix.table())
-    loaders = {n: build_loader(ds, t.batch_size, True, t.num_workers) for n, ds in train_sets.items()}
-    eval_loaders = {n: build_loader(build_dataset(cfg.datasets[n], cfg.eval.split, labels.classes[n],
-                                                  model.backbone, train=False, seed=t.seed),
-                                    cfg.eval.batch_size, False, t.num_workers)
-                    for n in cfg.eval_datasets}
-    optimizer = build_optimizer(model, model.new_parameter_names(), t)
-    scheduler = build_scheduler(optimizer, t)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    loaders = {n: accelerator.prepare(dl) for n, dl in loaders.items()}
-    eval_loaders = {n: accelerator.prepare(dl) for n, dl in eval_loaders.items()}
-    step = checkpoint.load(accelerator, model, optimizer, scheduler, resume_from) if resume_from else 0
+    find_unused = freeze_unused(model, [task_of(cfg.datasets[n]) for n in t.datasets])
+    accelerator = make_accelerator(cfg, run_dir, find_unused)
+    data = _build_data(cfg, labels, model.backbone)
+    model = accelerator.prepare(model)
+    loaders = {n: accelerator.prepare(dl) for n, dl in data.loaders.items()}
+    eval_loaders = {n: accelerator.prepare(dl) for n, dl in data.eval_loaders.items()}
+    step = int(state["step"])
+    phase = data.mix.phase_of(step)
+    optimizer, scheduler = _phase_optimizer(accelerator, model, cfg, data.mix, phase)
+    if resume_from is not None:
+        # At a phase boundary the checkpoint holds the finished phase's optimizer: start fresh.
+        same_phase = state.get("phase", 0) == phase
+        checkpoint.load(accelerator, model, optimizer if same_phase else None,
+                        scheduler if same_phase else None, resume_from)
     if accelerator.is_main_process:
-        (run_dir / "labels.json").write_text(json.dumps(labels.to_dict(), indent=1))
-        (run_dir / "mixture.json").write_text(json.dumps(
-            {"sampling": t.sampling, "schedule": t.schedule, **mix.to_dict()}, indent=1))
-        if resume_from is None:
-            (run_dir / "metrics.jsonl").write_text("")
-        log = MetricsLog(run_dir / "metrics.jsonl", resume_step=step if resume_from else None)
+        _start_records(run_dir, accelerator, cfg, labels, data.mix, resume_from is not None)
     accelerator.init_trackers("tensorboard")
-    sizes = {n: len(d) for n, d in train_sets.items()}
-    bad = BadVideos(run_dir / "bad_videos.txt", t.max_bad_fraction, sizes)
-    rows = {n: labels.rows(n).to(accelerator.device) for n in labels.classes}
-    done = mix.counts(step)
-    batches = {n: _batches(accelerator, loaders[n], train_sets[n], done[n] * t.grad_accum)
+    loop = _Loop(cfg, accelerator, model, labels, eval_loaders, run_dir,
+                 MetricsLog(run_dir / "metrics.jsonl", resume_step=step if resume_from else None)
+                 if accelerator.is_main_process else None,
+                 BadVideos(run_dir / "bad_videos.txt", t.max_bad_fraction,
+                           {n: len(d) for n, d in data.train_sets.items()},
+                           state.get("bad_videos")))
+    done = data.mix.counts(step)
+    batches = {n: _batches(accelerator, loaders[n], data.train_sets[n], done[n] * t.grad_accum)
                for n in t.datasets}
-
-    def run_eval(at_step: int, final: bool) -> dict[str, float]:
-        out = {}
-        for n, dl in eval_loaders.items():
-            card = cfg.datasets[n]
-            out.update(task_of(card).evaluate(
-                accelerator, model, dl, card, rows[n], labels.classes[n], cfg.eval.split,
-                run_dir / "eval" if final and accelerator.is_main_process else None,
-                cfg.eval.max_batches))
-        if accelerator.is_main_process:
-            log.write({"step": at_step, **out})
-        accelerator.log(out, step=at_step)
-        return out
-
-    bar = tqdm(total=t.steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
-               disable=not accelerator.is_main_process)
-    model.train()
-    # per dataset: loss sum, steps; then clips. On the device: reading a loss back every step
-    # would make the host wait for the GPU at each step instead of queueing the next one.
-    # float32, not float64: Apple's MPS has no float64.
-    window = torch.zeros(2 * len(t.datasets) + 1, device=accelerator.device)
-    window_start = time.perf_counter()
-    while step < t.steps:
-        i = int(mix.schedule[step])
-        name = t.datasets[i]
-        loss = _optimizer_step(accelerator, model, optimizer, batches[name], rows[name],
-                               task_of(cfg.datasets[name]), t, lambda paths: bad.add(name, paths),
-                               t.loss_weights.get(name, 1.0))
-        scheduler.step()
-        step += 1
-        window[2 * i] += loss
-        window[2 * i + 1] += 1
-        window[-1] += t.batch_size * t.grad_accum * accelerator.num_processes
-        bar.update(1)
-        if step % t.log_every == 0 or step == t.steps:
-            bad.sync(accelerator)
-            row = _log_row(accelerator, model, scheduler, t.datasets, window, step,
-                           time.perf_counter() - window_start, bad.total())
-            accelerator.log(row, step=step)
-            if accelerator.is_main_process:
-                log.write(row)
-            bar.set_postfix(loss=f"{row['train/loss']:.3f}", clips_s=f"{row['train/clips_per_s']:.1f}")
-            window.zero_()
-            window_start = time.perf_counter()
-        if t.eval_every and step % t.eval_every == 0 and step < t.steps:
-            run_eval(step, final=False)
-            model.train()
-        if step % t.save_every == 0 or step == t.steps:
-            checkpoint.save(accelerator, model, optimizer, scheduler, step, run_dir / "checkpoints",
-                            t.keep_checkpoints)
-    bar.close()
-    final = run_eval(step, final=True)
+    final = loop.run(step, data.mix, batches, optimizer, scheduler)
     for tracker in accelerator.trackers:
         # not accelerator.end_training(): it destroys the process group, and few-shot and
         # compare run several trainings in one launch
         tracker.finish()
     if accelerator.is_main_process:
-        finish_run_json(run_dir / "run.json", final_metrics=final, steps=step)
+        finish_run_json(run_dir / "run.json", final_metrics=final, steps=t.steps)
         plot_learning_curves(run_dir / "metrics.jsonl", run_dir / "learning_curve.png")
     return final
 
 
-def _log_row(accelerator, model, scheduler, names, window: torch.Tensor, step: int,
+class _Loop:
+    """The step loop of one run: train, log, evaluate, checkpoint."""
+
+    def __init__(self, cfg, accelerator, model, labels, eval_loaders, run_dir: Path,
+                 log: MetricsLog | None, bad: BadVideos):
+        self.cfg, self.accelerator, self.model, self.labels = cfg, accelerator, model, labels
+        self.eval_loaders, self.run_dir, self.log, self.bad = eval_loaders, run_dir, log, bad
+        self.rows = {n: labels.rows(n).to(accelerator.device) for n in labels.classes}
+        self.main = accelerator.is_main_process
+
+    def evaluate(self, at_step: int, final: bool) -> dict[str, float]:
+        out, cfg = {}, self.cfg
+        for n, dl in self.eval_loaders.items():
+            card = cfg.datasets[n]
+            out.update(task_of(card).evaluate(
+                self.accelerator, self.model, dl, card, self.rows[n], self.labels.classes[n],
+                cfg.eval.split, self.run_dir / "eval" if final and self.main else None,
+                cfg.eval.max_batches))
+        if self.main:
+            self.log.write({"step": at_step, **out})
+        self.accelerator.log(out, step=at_step)
+        return out
+
+    def run(self, step: int, mix: mixture.Plan, batches, optimizer, scheduler) -> dict[str, float]:
+        t, acc = self.cfg.train, self.accelerator
+        bar = tqdm(total=t.steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
+                   disable=not self.main)
+        self.model.train()
+        # per dataset: loss sum, steps; then clips. On the device: reading a loss back every
+        # step would make the host wait for the GPU at each step instead of queueing the next.
+        # float32, not float64: Apple's MPS has no float64.
+        window = torch.zeros(2 * len(t.datasets) + 1, device=acc.device)
+        window_start = time.perf_counter()
+        phase = mix.phase_of(step)
+        while step < t.steps:
+            if mix.phase_of(step) != phase:  # transfer learning: downstream starts afresh
+                phase = mix.phase_of(step)
+                optimizer, scheduler = _phase_optimizer(acc, self.model, self.cfg, mix, phase)
+            i = int(mix.schedule[step])
+            name = t.datasets[i]
+            # template draws of a trained text tower: from (seed, step, rank), so resume is exact
+            acc.unwrap_model(self.model).seed_text_draws(t.seed, step, acc.process_index)
+            loss = _optimizer_step(acc, self.model, optimizer, batches[name], self.rows[name],
+                                   task_of(self.cfg.datasets[name]), t,
+                                   lambda paths: self.bad.add(name, paths),
+                                   t.loss_weights.get(name, 1.0))
+            scheduler.step()
+            step += 1
+            window[2 * i] += loss
+            window[2 * i + 1] += 1
+            window[-1] += t.batch_size * t.grad_accum * acc.num_processes
+            bar.update(1)
+            if step % t.log_every == 0 or step == t.steps:
+                self._log(window, step, time.perf_counter() - window_start, optimizer, bar)
+                window.zero_()
+                window_start = time.perf_counter()
+            if t.eval_every and step % t.eval_every == 0 and step < t.steps:
+                self.evaluate(step, final=False)
+                self.model.train()
+            if step % t.save_every == 0 or step == t.steps:
+                self.bad.sync(acc)
+                checkpoint.save(acc, self.model, optimizer, scheduler, step,
+                                self.run_dir / "checkpoints", t.keep_checkpoints,
+                                extra={"phase": phase, "bad_videos": self.bad.state()})
+        bar.close()
+        return self.evaluate(step, final=True)
+
+    def _log(self, window, step: int, elapsed: float, optimizer, bar) -> None:
+        self.bad.sync(self.accelerator)
+        row = _log_row(self.accelerator, self.model, optimizer, self.cfg.train.datasets, window,
+                       step, elapsed, self.bad.total())
+        self.accelerator.log(row, step=step)
+        if self.main:
+            self.log.write(row)
+        bar.set_postfix(loss=f"{row['train/loss']:.3f}",
+                        clips_s=f"{row['train/clips_per_s']:.1f}")
+
+
+def _log_row(accelerator, model, optimizer, names, window: torch.Tensor, step: int,
              elapsed: float, bad: int) -> dict[str, float]:
-    """Loss per dataset and overall (averaged over processes), learning rates, throughput."""
+    """Loss per dataset and overall (averaged over processes), each parameter group's
+    learning rate (for the next step), throughput."""
     total = accelerator.reduce(window, "sum").cpu()
     n = accelerator.num_processes
     losses, counts = total[0:-1:2] / n, total[1:-1:2] / n
@@ -218,9 +279,8 @@ def _log_row(accelerator, model, scheduler, names, window: torch.Tensor, step: i
     if len(names) > 1:
         row.update({f"train/{name}/loss": float(losses[i] / counts[i])
                     for i, name in enumerate(names) if counts[i] > 0})
-    lrs = scheduler.get_last_lr()
-    row.update({"train/lr": min(lrs), "train/lr_new": max(lrs),
-                "train/logit_scale": accelerator.unwrap_model(model).logit_scale.exp().item(),
+    row.update({f"train/lr/{g['name']}": g["lr"] for g in optimizer.param_groups})
+    row.update({"train/logit_scale": accelerator.unwrap_model(model).logit_scale.exp().item(),
                 "train/clips_per_s": float(total[-1]) / n / max(elapsed, 1e-9),
                 "train/bad_videos": bad})
     if accelerator.device.type == "cuda":  # this process's peak since the run started
@@ -231,7 +291,12 @@ def _log_row(accelerator, model, scheduler, names, window: torch.Tensor, step: i
 def _optimizer_step(accelerator, model, optimizer, batches, rows: torch.Tensor, task, t,
                     report_bad, loss_weight: float = 1.0) -> torch.Tensor:
     """One optimizer step over ``grad_accum`` micro-batches of one dataset; returns the mean
-    (unweighted) micro-batch loss as a detached tensor on the device (no host sync)."""
+    micro-batch loss as a detached tensor on the device (no host sync).
+
+    ``loss_weight`` (``train.loss_weights``) scales this step's update: every step trains one
+    dataset, so a factor on its loss would be undone by gradient clipping and by Adam's
+    normalisation; on the learning rate it acts in every case (for plain SGD without clipping
+    it is the same as weighting the loss)."""
     total = 0.0
     for micro in range(t.grad_accum):
         batch = next(batches)
@@ -241,14 +306,22 @@ def _optimizer_step(accelerator, model, optimizer, batches, rows: torch.Tensor, 
         with accelerator.no_sync(model) if not sync else nullcontext():
             with accelerator.autocast():
                 loss = task.loss(model, batch, rows, t)
-            accelerator.backward(loss * (loss_weight / t.grad_accum))
+            accelerator.backward(loss / t.grad_accum)
         total = total + loss.detach()
     if t.clip_grad:
         accelerator.clip_grad_norm_(model.parameters(), t.clip_grad)
+    lrs = [g["lr"] for g in optimizer.param_groups]
+    if loss_weight != 1.0:
+        for g in optimizer.param_groups:
+            g["lr"] = g["lr"] * loss_weight
     optimizer.step()
+    for g, lr in zip(optimizer.param_groups, lrs):
+        g["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
-    if accelerator.unwrap_model(model).train_text:
-        accelerator.unwrap_model(model).refresh_text_cache()
+    base = accelerator.unwrap_model(model)
+    base.clamp_logit_scales()  # after the step, as open_clip does: the scale keeps its gradient
+    if base.train_text:
+        base.refresh_text_cache()
     return total / t.grad_accum
 
 

@@ -6,7 +6,7 @@ then scored under each protocol and template mode:
 - ``full``: all classes of the prompt file.
 - ``half``: ``draws`` random class subsets of ``fraction`` (50 %) of the classes, drawn with
   ``numpy.random.default_rng(seed)`` (one generator, ``draws`` calls of ``choice`` without
-  replacement, each subset sorted); reported as mean ± std (``numpy.std``, ddof=0). The subsets
+  replacement, each subset sorted); reported as mean ± sample std (ddof=1, :mod:`vlcofit.stats`). The subsets
   drawn are written to the JSON.
 - a split file (``prompts/splits/<name>.txt`` or a path): the classes it names, e.g. the three
   Kinetics-600 novel-class splits (``k600-novel`` = all three, with their mean ± std) or the
@@ -41,6 +41,8 @@ from .metrics.classification import accuracy_metrics
 from .models.video import build_model
 from .prompts import ClassList, read_class_list, read_class_subset, read_templates
 from .resources import list_resources
+from .stats import STD, mean_std
+from .runmodel import check_architecture, load_run_model, require_text_head, run_dir_of
 from .train import make_accelerator
 
 logger = logging.getLogger(__name__)
@@ -122,17 +124,14 @@ class ZeroShotResult:
     info: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {**self.info, "dataset": self.dataset, "rows": self.rows, "metrics": self.metrics}
+        return {**self.info, "dataset": self.dataset, "std": STD, "rows": self.rows,
+                "metrics": self.metrics}
 
 
 def _row_prefix(dataset: str, protocol: str, mode: str) -> str:
     parts = [dataset] + ([protocol] if protocol != "full" else []) + (
         ["single"] if mode == "single" else [])
     return "/".join(parts)
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return float(np.mean(values)), float(np.std(values))
 
 
 def score_protocols(model, feats: dict[str, torch.Tensor], classes: ClassList,
@@ -165,7 +164,7 @@ def score_protocols(model, feats: dict[str, torch.Tensor], classes: ClassList,
                 row.update(classes=len(draws[0]), videos=float(np.mean([r["count"] for r in per])),
                            draws=len(draws), seed=half_seed, subsets=draws)
                 for metric in ("top1", "top5", "mean_class_acc"):
-                    row[metric], row[f"{metric}_std"] = _mean_std([r[metric] for r in per])
+                    row[metric], row[f"{metric}_std"] = mean_std([r[metric] for r in per])
             else:
                 m = subset_metrics(model, emb, labels, valid, text, subsets[p.name])
                 row.update(classes=len(subsets[p.name]), videos=int(m["count"]), **m,
@@ -195,7 +194,7 @@ def _group_rows(groups: dict[str, list[tuple[str, float]]], dataset: str, mode: 
             rows.append({"protocol": group, "templates": mode, "key": key, "hm": hm,
                          "top1": hm, "members": [n for n, _ in members]})
         else:
-            mean, std = _mean_std(values)
+            mean, std = mean_std(values)
             rows.append({"protocol": group, "templates": mode, "key": key, "top1": mean,
                          "top1_std": std, "members": [n for n, _ in members]})
     return rows
@@ -218,16 +217,28 @@ def resolve_card(data: str, prompts: str, templates: str | None, num_frames: int
     return manifest_card(data, num_frames, prompts, templates or "text4vis")
 
 
-def load_scoring_model(model_cfg: ModelConfig, classes: ClassList, templates: tuple[str, ...],
-                       weights: str | None, seed: int = 0):
-    """A VideoCLIP for scoring; random initialisation (models without pretrained weights) is
-    seeded so that the same call gives the same model (and hits the feature cache)."""
+def load_scoring_model(model_cfg: ModelConfig | None, classes: ClassList,
+                       templates: tuple[str, ...], weights: str | None, seed: int = 0
+                       ) -> tuple[object, ModelConfig]:
+    """A VideoCLIP scoring ``classes`` and the model config it was built from.
+
+    ``weights`` (a run or checkpoint): the run's own model (:mod:`vlcofit.runmodel`; a given
+    ``model_cfg`` must name the same backbone). Else the bare model ``model_cfg``; random
+    initialisation is seeded so the same call gives the same model (and hits the cache)."""
+    if weights:
+        run = load_run_model(weights, class_names=classes.names,
+                             class_templates=[templates] * len(classes))
+        require_text_head(run, "zero-shot")
+        if model_cfg is not None:
+            check_architecture(run.cfg.model, model_cfg, weights, "--model/--backbone",
+                               keys=("backbone", "name"))
+        return run.model, run.cfg.model
+    if model_cfg is None:
+        raise InputError("zero-shot: give --model (a bare CLIP) or --weights (a vlcofit run)")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(model_cfg, classes.names, [templates] * len(classes))
-    if weights:
-        checkpoint.load_weights(model, checkpoint.resolve(weights))
-    return model
+    return model, model_cfg
 
 
 def _cache_for(cache: str | Path | None, weights: str | None) -> FeatureCache | None:
@@ -237,12 +248,11 @@ def _cache_for(cache: str | Path | None, weights: str | None) -> FeatureCache | 
         return FeatureCache(cache)
     run = None
     if weights:
-        ckpt = checkpoint.resolve(weights)
-        run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
+        run = run_dir_of(checkpoint.resolve(weights))
     return FeatureCache(default_cache_dir(run))
 
 
-def run_zero_shot(model_cfg: ModelConfig, data: str, prompts: str, templates: str | None = None,
+def run_zero_shot(model_cfg: ModelConfig | None, data: str, prompts: str, templates: str | None = None,
                   split: str = "val", weights: str | None = None, num_frames: int = 8,
                   batch_size: int = 8, num_workers: int = 2, out: Path | None = None,
                   protocols: list[str] | tuple[str, ...] = ("full",),
@@ -266,9 +276,9 @@ def run_zero_shot(model_cfg: ModelConfig, data: str, prompts: str, templates: st
     if not 0 <= template_index < len(tmpl):
         raise InputError(f"--template-index {template_index}: {card.templates} has {len(tmpl)} "
                          "templates")
+    model, model_cfg = load_scoring_model(model_cfg, classes, tmpl, weights)
     cfg = ExperimentConfig(model=model_cfg, datasets={card.name: card}, output_dir="")
     accelerator = make_accelerator(cfg, None)
-    model = load_scoring_model(model_cfg, classes, tmpl, weights)
     model = accelerator.prepare(model)
     base = accelerator.unwrap_model(model)
     ds = build_dataset(card, split, classes, base.backbone, train=False, seed=0)
@@ -326,4 +336,5 @@ def format_table(result: ZeroShotResult) -> str:
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
     text.insert(1, "  ".join("-" * w for w in widths))
-    return f"zero-shot: {result.dataset} ({result.info.get('split', '')})\n" + "\n".join(text)
+    return (f"zero-shot: {result.dataset} ({result.info.get('split', '')}; ± = {STD})\n"
+            + "\n".join(text))

@@ -16,7 +16,9 @@ Formats (``card.format``; adding one = one function in ``FORMATS``); paths are r
   brackets, file name from ``card.filename_pattern`` with ``{id}``.
 
 Bad annotations are InputErrors naming file and line. Missing video files are not: a large
-dataset always has some, and they are found (and skipped or counted) when read.
+dataset always has some, and they are found (and skipped or counted) when read. Only a training
+split where none of a spread sample of the videos exists (a wrong ``root``) is an InputError, when
+the dataset is built, before training starts.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import DatasetCard
-from ..errors import InputError, at
+from ..errors import InputError, UnreadableVideosError, at
 from ..prompts import ClassList, canonical_name
 from .sampling import SharedEpoch, sample_indices
 from .video import VideoError, check_backend, open_video
@@ -271,6 +273,32 @@ def read_records(card: DatasetCard, split: str,
 # --------------------------------------------------------------------------- dataset
 
 _STEP = 7919  # a prime: substitutes for a bad training video spread over the dataset
+_CHECKED = 16  # training videos looked for up front, spread over the split
+
+
+def _where_videos_are(card: DatasetCard, record: VideoRecord) -> str:
+    """Advice for a card whose videos are not found: which part of the path to fix."""
+    root = Path(card.root)
+    if root not in record.path.parents:  # the annotation file gave an absolute path
+        return ("the annotation file lists absolute paths, which the card's root does not "
+                "change: fix them there, or make them relative to root")
+    state = "" if root.is_dir() else " (it does not exist)"
+    return (f"is root {card.root!r} right{state}? The annotation's paths are relative to it: "
+            f"--set datasets.{card.name}.root=/path/to/videos")
+
+
+def check_videos_found(records: Sequence[VideoRecord], card: DatasetCard) -> None:
+    """InputError when none of a spread sample of ``records``' video files exists: the card's
+    root (or the annotation file's paths) must be wrong. Some missing videos are normal: training
+    skips and counts them."""
+    n = len(records)
+    sample = [records[i * n // min(n, _CHECKED)] for i in range(min(n, _CHECKED))]
+    if not sample or any(r.path.exists() for r in sample):
+        return
+    first = sample[0]
+    raise InputError(f"dataset {card.name}: none of {len(sample)} of its {n} videos checked "
+                     f"exists, e.g. {first.path} (from {first.source}); "
+                     f"{_where_videos_are(card, first)}")
 
 
 class ClassificationDataset(Dataset):
@@ -289,7 +317,7 @@ class ClassificationDataset(Dataset):
 
     def __init__(self, records: Sequence[VideoRecord], card: DatasetCard,
                  transform: Callable[[torch.Tensor], torch.Tensor], train: bool, seed: int = 0,
-                 backend: str | None = None, max_tries: int = 10) -> None:
+                 backend: str | None = None, max_tries: int | None = None) -> None:
         if not records:
             raise InputError(f"dataset {card.name}: no videos")
         self.records = list(records)
@@ -298,6 +326,8 @@ class ClassificationDataset(Dataset):
         self._epoch = SharedEpoch()
         self.backend = backend or card.decoder
         check_backend(self.backend)
+        if train and len(self.records) >= 10:  # a smaller set fails at its first item
+            check_videos_found(self.records, card)
 
     @classmethod
     def from_card(cls, card: DatasetCard, split: str, classes: ClassList | Sequence[str],
@@ -316,9 +346,14 @@ class ClassificationDataset(Dataset):
         return self._train_item(i) if self.train else self._eval_item(i)
 
     def _train_item(self, i: int) -> dict[str, Any]:
+        """A readable video: record ``i`` or, if it cannot be decoded, the next readable one
+        (``max_tries`` at most, default every record), the unreadable ones listed in ``bad``.
+        The trainer counts them and fails past ``train.max_bad_fraction``, so that is the limit
+        users see, not an arbitrary run of bad videos in a row."""
         n, bad = len(self.records), []
         step = _STEP if n % _STEP else 1
-        for k in range(self.max_tries):
+        tries = n if self.max_tries is None else min(self.max_tries, n)
+        for k in range(tries):
             j = (i + k * step) % n
             record = self.records[j]
             try:
@@ -328,9 +363,14 @@ class ClassificationDataset(Dataset):
                 bad.append(str(record.path))
                 continue
             return {"video": video, "label": record.label, "index": j, "valid": True, "bad": bad}
-        raise RuntimeError(f"dataset {self.card.name}: {self.max_tries} unreadable videos in a row "
-                           f"from record {i} ({self.records[i].source}), e.g. {bad[0]}; "
-                           f"is root {self.card.root!r} right?")
+        record = self.records[i]
+        if all(not Path(p).exists() for p in bad):
+            advice = f"no such files; {_where_videos_are(self.card, record)}"
+        else:
+            advice = "corrupt or undecodable files? (see the log with VLCOFIT_LOG=debug)"
+        raise UnreadableVideosError(f"dataset {self.card.name}: {tries} unreadable videos "
+                                    f"in a row from record {i} ({record.source}), e.g. {bad[0]}: "
+                                    f"{advice}")
 
     def _train_clip(self, record: VideoRecord, j: int) -> torch.Tensor:
         """``[T, 3, S, S]``; frames and augmentation drawn from (seed, epoch, j)."""

@@ -44,7 +44,7 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.ops import box_iou
 
 from ..config import DatasetCard
-from ..errors import InputError
+from ..errors import InputError, UnreadableVideosError
 from ..prompts import ClassList
 from ..resources import find
 from .ava_formats import (Key, KeyframeBoxes, format_timestamp, group_boxes, read_exclusions,
@@ -211,7 +211,7 @@ class LocalizationDataset(Dataset):
 
     def __init__(self, card: DatasetCard, split: str, classes: ClassList, image_size: int,
                  mean: Sequence[float], std: Sequence[float], train: bool, seed: int = 0,
-                 backend: str | None = None, max_tries: int = 10) -> None:
+                 backend: str | None = None, max_tries: int | None = None) -> None:
         if card.task != "localization" or card.format != "ava":
             raise InputError(f"dataset {card.name}: LocalizationDataset needs task: localization "
                              f"and format: ava (got {card.task}, {card.format})")
@@ -308,9 +308,12 @@ class LocalizationDataset(Dataset):
 
     # ---- items
     def _train_item(self, i: int) -> dict[str, Any]:
+        """Keyframe ``i`` or, if its clip cannot be read, the next readable one (``max_tries``
+        at most, default all); the trainer counts the bad ones against max_bad_fraction."""
         n, bad = len(self.keys), []
         step = _STEP if n % _STEP else 1
-        for k in range(self.max_tries):
+        tries = n if self.max_tries is None else min(self.max_tries, n)
+        for k in range(tries):
             j = (i + k * step) % n
             key = self.keys[j]
             try:
@@ -326,7 +329,7 @@ class LocalizationDataset(Dataset):
                 video, out, keep = self.transform(frames, torch.from_numpy(boxes))
             keep = keep.numpy()
             return self._item(video, out, boxes[keep], labels[keep], scores[keep], j, True, bad)
-        raise RuntimeError(f"dataset {self.card.name}: {self.max_tries} unreadable clips in a row "
+        raise UnreadableVideosError(f"dataset {self.card.name}: {tries} unreadable clips in a row "
                            f"from keyframe {i} ({_show(self.keys[i])}), e.g. {bad[0]}; is root "
                            f"{self.card.root!r} (localization.videos "
                            f"{self.card.localization.videos!r}) right?")

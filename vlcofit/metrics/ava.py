@@ -1,18 +1,30 @@
-"""AVA frame-mAP@0.5 IoU, identical to the official evaluator, vectorised.
+"""AVA frame-mAP@0.5 IoU, equal to ActivityNet's official evaluator, vectorised.
 
 The official tool is ActivityNet's ``Evaluation/get_ava_performance.py`` (a PASCAL VOC evaluator
 from the TF object-detection API: ``per_image_evaluation.py``, ``object_detection_evaluation.py``,
-``metrics.py``). Reproduced here:
+``metrics.py``). Two revisions of it are reproduced, chosen by ``protocol`` (``PROTOCOLS``):
+
+- ``"current"`` (default): the file at its latest commit, af461c3 (2020-05-19; after c070fdb
+  "Empty keyframes are now represented by rows with only video-id,timestamp" and 4e455cb
+  "timestamps with microsecond precision"). The ground truth lists every annotated keyframe,
+  those without actions as 2-column ``video_id,timestamp`` rows; detections on keyframes absent
+  from it are ignored; a keyframe is the video id and the timestamp as a 6-decimal number
+  (``"%.6f"``: 902.5 works, 0902 = 902 = 902.0000001); there is no exclusions file.
+- ``"activitynet-2019"``: revision 3fee089 (2019-03-01), the last with an exclusions file and the
+  one most codebases copied (``read_exclusions``). Excluded keyframes are dropped from both
+  files; detections on keyframes absent from the ground truth are false positives (evaluated
+  against an empty box list); keyframes are integer seconds (``"%04d"``; fractional timestamps
+  are an error, as its ``int(timestamp)`` cannot read them).
+
+Both revisions, reproduced here:
 
 - only label-map classes count: ground-truth and detection rows of other ids are dropped before
-  anything else (so they do not take places in the top 50 either);
-- keyframes are (video id, numeric timestamp); excluded keyframes are dropped from both files;
+  anything else (so they do not take places in the top 50 either); the ground truth's keyframes
+  are all keyframes of its file, also those of 2-column rows and of rows of other ids;
 - per keyframe, at most the 50 highest-scoring (box, class) detection rows are kept (a heap of
   ``(score, action, y1, x1, y2, x2)`` tuples in file order; a row replaces the smallest only if its
   score is strictly higher, so rows tied at the cut are resolved as the heap resolves them);
 - then detections with x1 >= x2 or y1 >= y2 are dropped;
-- every remaining detection is evaluated, also on keyframes absent from the ground truth, where
-  it is a false positive (the official tool evaluates them against an empty box list);
 - per class and keyframe, detections in the keyframe's descending-score order each take the
   ground-truth box of that class with the highest IoU (first one on IoU ties); a true positive if
   IoU >= 0.5 and that box is unmatched, else a false positive. A person with k actions is k boxes,
@@ -21,23 +33,28 @@ from the TF object-detection API: ``per_image_evaluation.py``, ``object_detectio
   detections has AP 0; classes without ground truth are NaN in the official output and are left
   out of the mean (and of ``per_class`` here). mAP = nanmean over classes 1..max id.
 
-Ties of equal scores. Across keyframes the official code sorts each class's detections with
-``np.argsort(scores)[::-1]``, which is stable only for short arrays, so its order of tied scores
-depends on numpy's sort. We use the stable version of that rule: equal scores in reverse order of
-the official concatenation order (keyframes in order of their first label-map row in the detections
-file, then the keyframe's list order). Inside a keyframe the order is fully determined by the
-official code, and keyframes where it matters (a tie at the top-50 cut, equal scores of one
-class, a detection with equal IoU >= 0.5 to two ground-truth boxes) are re-evaluated by
-``_official_keyframe``, a direct port of the official per-keyframe steps.
+Ties of equal scores. Each class's detections are concatenated keyframe by keyframe (keyframes in
+the order of their first label-map row in the detections file, each in its list order) and
+ranked with ``np.argsort(scores)[::-1]``: numpy's default, unstable sort, called here on the
+same array, so tied scores get the official order (a stable sort gives other APs on ties).
+Inside a keyframe the order is fully determined by the official code, and keyframes where it
+matters (a tie at the top-50 cut, equal scores of one class, a detection with equal IoU >= 0.5 to
+two ground-truth boxes) are re-evaluated by ``_official_keyframe``, which follows the official
+per-keyframe steps (its heap, its stable sort, its greedy matching).
 
 Inputs: the official tool reads the ground truth's 8th column (person id) as a score, which
 orders each keyframe's box list (it matters only for IoU ties, and is reproduced). Our readers
 clip coordinates up to 1e-3 outside [0, 1] (the official tool uses them as written) and reject
-worse ones, and accept fractional timestamps (the official tool cannot read them).
+worse ones. ``evaluate`` also takes keyframes to leave out of both tables (``exclusions``); under
+``"current"`` that equals deleting them from the ground-truth file (vlcofit uses it for a card's
+excluded keyframes and for unreadable clips), while ``evaluate_files`` takes an exclusions file
+only with ``"activitynet-2019"``, like the official revisions. An evaluation without any
+detection left to score is reported in ``"warnings"`` and logged, not silently 0.
 
-Several public codebases differ from this: no top-50 cap, only ground-truth keyframes evaluated
-(detections elsewhere ignored rather than false positives), or classes without detections
-dropped from the mean instead of scoring 0.
+Public codebases differ from the current official tool in several ways: the 2019 revision's
+exclusions and false positives on keyframes absent from the ground truth, integer-second keys,
+no top-50 cap, classes without detections dropped from the mean instead of scoring 0, or a
+stable sort of tied scores.
 """
 from __future__ import annotations
 
@@ -57,40 +74,97 @@ logger = logging.getLogger(__name__)
 
 CAPACITY = 50  # detection rows kept per keyframe
 IOU_THRESHOLD = 0.5
+CURRENT, ACTIVITYNET_2019 = "current", "activitynet-2019"
+PROTOCOLS = {  # the revisions of get_ava_performance.py reproduced (module docstring)
+    CURRENT: "the latest official evaluator (af461c3, 2020): no exclusions file, detections on "
+             "keyframes absent from the ground truth ignored, 6-decimal timestamps",
+    ACTIVITYNET_2019: "its 2019 revision (3fee089): exclusions file, detections on keyframes "
+                      "absent from the ground truth are false positives, integer seconds",
+}
+
+
+def check_protocol(protocol: str) -> str:
+    """``protocol`` if it is one of PROTOCOLS, else an InputError listing them."""
+    if protocol not in PROTOCOLS:
+        raise InputError(f"unknown AVA evaluation protocol {protocol!r} "
+                         f"(choose from {', '.join(PROTOCOLS)})")
+    return protocol
 
 
 def evaluate_files(labelmap_path: str | Path, groundtruth_path: str | Path,
-                   detections_path: str | Path, exclusions_path: str | Path | None = None) -> dict:
-    """Official AVA frame-mAP of a detections CSV -> {"mAP": float, "per_class": {name: AP}}."""
+                   detections_path: str | Path, exclusions_path: str | Path | None = None,
+                   protocol: str = CURRENT) -> dict:
+    """Official AVA frame-mAP of a detections CSV -> {"mAP": float, "per_class": {name: AP}}
+    (plus "warnings": [str] when there is nothing to score). An exclusions file needs
+    ``protocol="activitynet-2019"``: the current official evaluator has none."""
+    check_protocol(protocol)
+    if exclusions_path and protocol != ACTIVITYNET_2019:
+        raise InputError(
+            f"{at(exclusions_path)}: an exclusions file is only read by the "
+            f"{ACTIVITYNET_2019!r} protocol; the current official evaluator has none: it ignores "
+            "detections on keyframes absent from the ground truth (which lists keyframes "
+            "without actions as 'video_id,timestamp' rows), so delete excluded keyframes there")
     labelmap = read_labelmap(labelmap_path)
     gt = read_groundtruth(groundtruth_path, labelmap)
     if not len(gt):
         raise InputError(f"{at(groundtruth_path)}: no ground-truth rows of label-map classes")
     det = read_detections(detections_path)
     excluded = read_exclusions(exclusions_path) if exclusions_path else set()
-    return evaluate(labelmap, gt, det, excluded)
+    return evaluate(labelmap, gt, det, excluded, protocol)
+
+
+def official_key(key: tuple, protocol: str = CURRENT, where: str = "") -> tuple:
+    """The official evaluator's keyframe identity of (video id, timestamp): the timestamp as a
+    6-decimal number (current) or as integer seconds (activitynet-2019)."""
+    video, t = key
+    if protocol == CURRENT:
+        return video, "%.6f" % t
+    if float(t).is_integer():
+        return video, int(t)
+    raise InputError(f"{where or 'keyframe'} {video},{t}: the {ACTIVITYNET_2019!r} protocol keys "
+                     "keyframes by integer seconds (its official code cannot read fractional "
+                     f"timestamps); use the {CURRENT!r} protocol")
 
 
 def evaluate(labelmap: Mapping[int, str], groundtruth: AvaTable, detections: AvaTable,
-             exclusions: Iterable | None = None) -> dict:
+             exclusions: Iterable | None = None, protocol: str = CURRENT) -> dict:
     """Official AVA frame-mAP@0.5 -> {"mAP": float, "per_class": {name: AP}} (classes with
-    ground truth only, in label-map id order; mAP is NaN if no class has ground truth)."""
+    ground truth only, in label-map id order; mAP is NaN if no class has ground truth), plus
+    "warnings": [str] (also logged) when no detection is left to score. ``exclusions``: keys
+    left out of both tables (module docstring)."""
+    check_protocol(protocol)
     ids = np.array(sorted(labelmap), np.int64)
-    keys = {k: i for i, k in enumerate(groundtruth.keys)}
-    g_key = groundtruth.key_index
-    d_key = np.array([keys.setdefault(k, len(keys)) for k in detections.keys], np.int64)
-    d_key = d_key[detections.key_index] if len(detections) else np.zeros(0, np.int64)
+    keys: dict = {}  # official key -> shared keyframe number; ground-truth keyframes first
+
+    def number(table: AvaTable) -> np.ndarray:
+        where = f"{table.path}: keyframe"
+        own = np.array([keys.setdefault(official_key(k, protocol, where), len(keys))
+                        for k in table.keys], np.int64)
+        return own[table.key_index] if len(table) else np.zeros(0, np.int64)
+    g_key = number(groundtruth)
+    n_truth = len(keys)  # keyframes of the ground-truth file, with or without rows
+    d_key = number(detections)
     excluded = np.zeros(len(keys), bool)
-    excluded[[keys[k] for k in {make_key(*k) for k in exclusions or ()} if k in keys]] = True
+    for k in exclusions or ():
+        try:
+            excluded[keys[official_key(make_key(*k), protocol)]] = True
+        except (KeyError, InputError):  # not a keyframe of either table
+            pass
     g_rows = np.flatnonzero(np.isin(groundtruth.labels, ids) & ~excluded[g_key])
-    d_rows = np.flatnonzero(np.isin(detections.labels, ids) & ~excluded[d_key])
-    gt = _Rows(groundtruth, g_rows, g_key[g_rows], ids)
-    num_gt = np.bincount(gt.cls, minlength=len(ids))
+    d_known = np.isin(detections.labels, ids) & ~excluded[d_key]
+    d_scored = d_known & (d_key < n_truth) if protocol == CURRENT else d_known
+    warnings = _check_scored(detections, d_known, d_scored)
+    d_rows = np.flatnonzero(d_scored)
     every = len(d_rows) == len(detections)  # usually: skip copying 3M-row columns
     d_key = d_key if every else d_key[d_rows]
     d_score = detections.scores if every else detections.scores[d_rows]
 
     kept, key_rank, flagged = _top_per_keyframe(d_key, d_score, len(keys))
+    # from here keyframes are numbered in the official order of images (key_rank)
+    flagged = _ranked(flagged, key_rank)
+    gt = _Rows(groundtruth, g_rows, key_rank[g_key[g_rows]], ids)
+    num_gt = np.bincount(gt.cls, minlength=len(ids))
+    d_key = key_rank[d_key]
     det = _Rows(detections, d_rows[kept], d_key[kept], ids)
     res, flagged = _match(det, gt, len(keys), flagged)
     keep = ~flagged[res["key"]]
@@ -98,14 +172,48 @@ def evaluate(labelmap: Mapping[int, str], groundtruth: AvaTable, detections: Ava
     slow = flagged[d_key]  # all label-map rows of flagged keyframes, in file order
     slow = _official_keyframes(np.flatnonzero(flagged),
                                _Rows(detections, d_rows[slow], d_key[slow], ids), gt)
-    res = {name: np.concatenate([res[name], slow[name]]) for name in res}
-    ap = _average_precisions(res, key_rank, num_gt)
-    return _summary(labelmap, ids, ap)
+    if len(slow["cls"]):  # into (class, keyframe) order; each group is from one path
+        res = {name: np.concatenate([res[name], slow[name]]) for name in res}
+        order = np.argsort(res["cls"] * len(keys) + res["key"], kind="stable")
+        res = {name: v[order] for name, v in res.items()}
+    ap = _average_precisions(res, num_gt)
+    out = _summary(labelmap, ids, ap)
+    if warnings:
+        out["warnings"] = warnings
+    return out
+
+
+def _ranked(flags: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(flags)
+    out[rank[flags]] = True
+    return out
+
+
+def _check_scored(detections: AvaTable, known: np.ndarray, scored: np.ndarray) -> list[str]:
+    """Warnings (also logged) when no detection row is left to score; info on ignored rows."""
+    n, n_known, n_scored = len(detections), int(known.sum()), int(scored.sum())
+    where = detections.path
+    if n_known > n_scored:
+        logger.info("%s: %d detection rows on keyframes absent from the ground truth ignored "
+                    "(current official protocol)", where, n_known - n_scored)
+    if n_scored:
+        return []
+    if not n:
+        msg = f"{where}: no detections: every class with ground truth scores AP 0"
+    elif not n_known:
+        msg = (f"{where}: none of the {n} detection rows is of a label-map class on a "
+               "keyframe that is not excluded: every class with ground truth scores AP 0")
+    else:
+        msg = (f"{where}: all {n_known} detection rows are on keyframes absent from the ground "
+               "truth, which the current official evaluator ignores (another split's file? "
+               "timestamps?): every class with ground truth scores AP 0")
+    logger.warning(msg)
+    return [msg]
 
 
 class _Rows:
     """Selected rows of a table, in file order: class position cls [n] (index into the sorted
-    label-map ids), keyframe key [n] (shared numbering of both files), boxes [n, 4] x1y1x2y2,
+    label-map ids), keyframe key [n] (numbering shared by both files), boxes [n, 4] x1y1x2y2,
     scores [n], action ids [n], person ids [n]."""
 
     def __init__(self, table: AvaTable, rows: np.ndarray, key: np.ndarray, ids: np.ndarray):
@@ -162,7 +270,8 @@ def _nth_best(mat: np.ndarray) -> np.ndarray:
 
 
 def _match(det: _Rows, gt: _Rows, n_keys: int, flagged: np.ndarray):
-    """Greedy matching of the kept detections, vectorised over (class, keyframe) groups.
+    """Greedy matching of the kept detections, vectorised over (class, keyframe) groups;
+    the rows come out in (class, keyframe number, descending score) order.
 
     Each detection's target is its highest-IoU box regardless of earlier matches, so a
     detection is a true positive iff its IoU >= 0.5 and it is the first such detection of its
@@ -270,16 +379,16 @@ def _official_keyframe(det: _Rows, d_rows: np.ndarray, gt: _Rows, g_rows: np.nda
     return [list(col) for col in zip(*out)] if out else [[]] * 5
 
 
-def _average_precisions(res: dict, key_rank: np.ndarray, num_gt: np.ndarray) -> np.ndarray:
-    """VOC all-point AP per class position (NaN without ground truth), as metrics.py does it."""
-    # pos < CAPACITY, so one integer carries both tie-breaks
-    later = key_rank[res["key"]] * CAPACITY + res["pos"]
-    order = np.lexsort((-later, -res["score"], res["cls"]))
-    cls, tp = res["cls"][order], res["tp"][order]
+def _average_precisions(res: dict, num_gt: np.ndarray) -> np.ndarray:
+    """VOC all-point AP per class position (NaN without ground truth), as metrics.py does it.
+    ``res`` rows are in (class, official keyframe order, keyframe list order) order: each
+    class's slice is the official concatenation, ranked by the same unstable argsort."""
+    cls, tp, score = res["cls"], res["tp"], res["score"]
     bounds = np.searchsorted(cls, np.arange(len(num_gt) + 1))
     ap = np.full(len(num_gt), np.nan)
     for c in np.flatnonzero(num_gt):
-        labels = tp[bounds[c]:bounds[c + 1]]
+        lo, hi = bounds[c], bounds[c + 1]
+        labels = tp[lo:hi][np.argsort(score[lo:hi])[::-1]]  # default kind, like metrics.py
         if not len(labels):
             ap[c] = 0.0
             continue

@@ -39,7 +39,7 @@ from .temporal import TemporalTransformer
 
 logger = logging.getLogger(__name__)
 
-MAX_SCALE = 100.0  # same cap as VideoCLIP.score
+MAX_SCALE = 100.0  # cap of exp(logit_scale), as VideoCLIP's; see clamp_logit_scale
 
 
 class BoxHead(nn.Module):
@@ -129,7 +129,13 @@ class BoxHead(nn.Module):
         = exp(logit_scale) * cos + logit_bias, in float32: bf16 logits (resolution ~0.03 at
         -4) would tie many boxes' scores, and AP depends on how ties are broken."""
         with torch.autocast(box_emb.device.type, enabled=False):
-            scale = self.logit_scale.float().exp().clamp(max=MAX_SCALE)
+            scale = self.logit_scale.float().exp()
             cos = F.normalize(box_emb.float(), dim=-1) @ F.normalize(text.float(), dim=-1).t()
             return scale * cos + self.logit_bias.float()
 
+    def clamp_logit_scale(self) -> None:
+        """Clamp ``logit_scale`` in place into [0, ln MAX_SCALE], after each optimizer step
+        (``VideoCLIP.clamp_logit_scales``), as open_clip does; not in ``logits``, where a clamp
+        would zero the gradient of a scale at its cap."""
+        with torch.no_grad():
+            self.logit_scale.clamp_(0.0, math.log(MAX_SCALE))

@@ -7,6 +7,7 @@ import logging
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -18,13 +19,19 @@ from .text import class_embeddings
 
 logger = logging.getLogger(__name__)
 
+MAX_LOG_SCALE = math.log(100.0)  # open_clip / CLIP: exp(logit_scale) <= 100
+
 
 class VideoCLIP(nn.Module):
     """Video encoder + text classifier over a label space.
 
     ``class_names[i]`` / ``class_templates[i]`` define label-space row i; a dataset's classes
     are a list of rows. With a frozen text tower the class matrix is computed once and cached
-    (not saved: it is a function of the saved text tower).
+    (not saved: it is a function of the saved text tower). Training the text tower, each step
+    encodes only its dataset's rows, one random template per class (``_encode_sampled``).
+
+    Logit scales are clamped into range after each optimizer step (``clamp_logit_scales``),
+    after loading weights and at build time, never in the forward pass.
     """
 
     def __init__(self, backbone: Backbone, cfg: ModelConfig, class_names: Sequence[str],
@@ -42,12 +49,26 @@ class VideoCLIP(nn.Module):
             p.requires_grad_(cfg.train_text)
         # A plain attribute, not a buffer: DDP would broadcast it, checkpoints would store it.
         self._text_cache: torch.Tensor | None = None
+        self._tokens: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._draws: torch.Generator | None = None  # see seed_text_draws
+        self.register_load_state_dict_post_hook(_clamp_after_load)
 
     # ------------------------------------------------------------------ parameters
 
     def new_parameter_names(self) -> set[str]:
         """Parameters not from the pretrained CLIP: they get ``train.lr_new``."""
         return {n for n, _ in self.named_parameters() if not n.startswith("backbone.")}
+
+    def clamp_logit_scales(self) -> None:
+        """Clamp every logit scale in place into its range; call after each optimizer step.
+
+        As open_clip's training loop (``logit_scale.clamp_(0, math.log(100))`` under no_grad after
+        ``optimizer.step()``). A clamp in the forward pass instead zeroes the gradient of a scale
+        at its cap: OpenAI's stored 4.6052 > ln 100, so that scale would never move."""
+        with torch.no_grad():
+            self.logit_scale.clamp_(0.0, MAX_LOG_SCALE)
+        if self.box_head is not None:
+            self.box_head.clamp_logit_scale()
 
     # ------------------------------------------------------------------ video
 
@@ -67,14 +88,25 @@ class VideoCLIP(nn.Module):
         with torch.no_grad():
             return class_embeddings(self.backbone, names, templates)
 
-    def class_matrix(self) -> torch.Tensor:
-        """Label-space class embeddings [C, E], recomputed each call only if the text tower trains."""
+    def class_matrix(self, rows: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
+        """Unit class embeddings [R, E] of label-space ``rows`` (all C rows if None).
+
+        Frozen text tower or eval mode: the template ensemble (``class_embeddings``) of every row,
+        computed once and cached. Training the text tower: ``_encode_sampled`` (with gradients)."""
         if self.train_text and self.training:
-            return self._encode_label_space()
+            return self._encode_sampled(rows)
         if self._text_cache is None or self._text_cache.device != self.logit_scale.device:
             with torch.no_grad(), torch.autocast(self.logit_scale.device.type, enabled=False):
                 self._text_cache = self._encode_label_space().float()
-        return self._text_cache
+        return self._text_cache if rows is None else self._text_cache[rows]
+
+    def set_label_space(self, names: Sequence[str], templates: Sequence[Sequence[str]]) -> None:
+        """Score label space ``names`` (``templates`` per row) from now on; the text head embeds
+        any names (a linear head is re-indexed by :func:`vlcofit.runmodel.relabel`)."""
+        self.class_names = list(names)
+        self.class_templates = [tuple(t) for t in templates]
+        self._tokens = None
+        self.refresh_text_cache()
 
     def refresh_text_cache(self) -> None:
         """Forget cached class embeddings (after loading weights or a training step of the text tower)."""
@@ -92,20 +124,53 @@ class VideoCLIP(nn.Module):
             out = out.index_copy(0, torch.tensor(rows, device=emb.device), emb)
         return out
 
+    def seed_text_draws(self, *key: int) -> None:
+        """Draw the templates of the following ``_encode_sampled`` calls from a CPU generator
+        seeded from ``key`` (the trainer, before each step: seed, step, process index). Being a
+        function of the step alone, a resumed run draws what the uninterrupted one did; torch's
+        global RNG would not (a resumed run's first step also draws the data loader's seed from
+        it). Never called: the global RNG."""
+        seed = int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0])
+        self._draws = torch.Generator().manual_seed(seed)
+
+    def _encode_sampled(self, rows: torch.Tensor | Sequence[int] | None) -> torch.Tensor:
+        """Training the text tower (ActionCLIP / ViFi-CLIP): label-space ``rows`` [R] -> unit
+        embeddings [R, E] of each row's class name under ONE of its templates, drawn uniformly
+        per row and call (``seed_text_draws``). The draw is on the CPU (the same on any device)
+        and the pick gathered on the device from pre-tokenised prompts: the host never waits
+        for the GPU."""
+        device = self.logit_scale.device
+        tokens, first, count = self._prompt_tokens(device)
+        rows = torch.arange(len(first), device=device) if rows is None else \
+            torch.as_tensor(rows, device=device).long()
+        u = torch.rand(rows.shape[0], generator=self._draws).to(device, non_blocking=True)
+        n = count[rows]
+        pick = first[rows] + torch.minimum((u * n).long(), n - 1)  # u * n can round up to n
+        return F.normalize(self.backbone.encode_text(tokens[pick]), dim=-1)
+
+    def _prompt_tokens(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """Every (row, template) prompt, tokenised once: tokens [P, L] (row r's prompts at
+        ``first[r]`` to ``first[r] + count[r] - 1``), first [C], count [C], on ``device``."""
+        if self._tokens is None or self._tokens[0].device != device:
+            texts = [t.format(name) for name, ts in zip(self.class_names, self.class_templates)
+                     for t in ts]
+            count = torch.tensor([len(ts) for ts in self.class_templates])
+            tokens = self.backbone.tokenize(texts)
+            self._tokens = tuple(x.to(device) for x in (tokens, count.cumsum(0) - count, count))
+        return self._tokens
+
     # ------------------------------------------------------------------ scoring
 
     def score(self, emb: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Embeddings [B, E] x class embeddings [C, E] -> logits [B, C] = scale * cos."""
-        scale = self.logit_scale.exp().clamp(max=100.0)
-        return scale * F.normalize(emb, dim=-1) @ text.to(emb.dtype).t()
+        return self.logit_scale.exp() * F.normalize(emb, dim=-1) @ text.to(emb.dtype).t()
 
     def classify(self, emb: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Video embeddings [B, E] -> logits [B, C] over label-space ``rows`` (all if None)."""
         if self.linear is not None:
             logits = self.linear(emb)
             return logits if rows is None else logits[:, rows]
-        text = self.class_matrix()
-        return self.score(emb, text if rows is None else text[rows])
+        return self.score(emb, self.class_matrix(rows))
 
     def box_logits(self, token_map: torch.Tensor, boxes: torch.Tensor, box_batch: torch.Tensor,
                    rows: torch.Tensor | None = None, text: torch.Tensor | None = None,
@@ -116,8 +181,7 @@ class VideoCLIP(nn.Module):
         if self.box_head is None:
             raise RuntimeError("this model has no box head (no localisation dataset in its config)")
         if text is None:
-            text = self.class_matrix()
-            text = text if rows is None else text[rows]
+            text = self.class_matrix(rows)
         return self.box_head.logits(self.box_head(token_map, boxes, box_batch, context), text)
 
     def forward(self, video: torch.Tensor, rows: torch.Tensor | None = None,
@@ -136,4 +200,10 @@ def build_model(cfg: ModelConfig, class_names: Sequence[str],
         from .boxes import BoxHead
         model.box_head = BoxHead(model.backbone.width, model.backbone.embed_dim,
                                  temporal=cfg.box_temporal)
+    model.clamp_logit_scales()  # e.g. OpenAI's stored 4.6052 > ln 100
     return model
+
+
+def _clamp_after_load(module: VideoCLIP, incompatible_keys) -> None:
+    """load_state_dict post hook: a loaded scale above its cap is brought into range."""
+    module.clamp_logit_scales()

@@ -1,0 +1,58 @@
+"""Models rebuilt from a run's own config: every head and temporal module loads, other label
+spaces are scored, and a contradicting architecture is an error naming both."""
+import pytest
+import torch
+
+from vlcofit.cli import main
+from vlcofit.config import load_experiment
+from vlcofit.data.synthetic import make_demo_dataset
+from vlcofit.errors import InputError
+from vlcofit.runmodel import load_run_model
+from vlcofit.train import train
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_demo_dataset(tmp_path_factory.mktemp("rm"), per_class_train=1, per_class_val=1)
+
+
+def _run(data, out, *extra):
+    cfg = load_experiment("demo", [f"datasets.demo.root={data}", f"output_dir={out}",
+                                   "train.steps=1", "train.batch_size=4", "train.num_workers=0",
+                                   "train.warmup_steps=0", "train.eval_every=0",
+                                   "eval.batch_size=8", *extra])
+    train(cfg)
+    return out
+
+
+def test_linear_head_scores_its_own_classes_in_any_order(data, tmp_path):
+    run = _run(data, tmp_path / "lin", "model.head=linear")
+    full = load_run_model(run).model.eval()
+    names = list(full.class_names)
+    picked = load_run_model(run, class_names=[names[5], names[2]],
+                            class_templates=[("{}",)] * 2).model.eval()
+    video = torch.rand(2, 8, 3, full.backbone.image_size, full.backbone.image_size)
+    with torch.no_grad():
+        emb, _ = full.encode_video(video)
+        torch.testing.assert_close(picked.classify(emb), full.classify(emb)[:, [5, 2]])
+    with pytest.raises(InputError, match="linear head.*no row for a new name"):
+        load_run_model(run, class_names=["a new name"], class_templates=[("{}",)])
+
+
+def test_text_head_scores_new_names(data, tmp_path):
+    run = _run(data, tmp_path / "txt", "model.temporal=transformer")
+    model = load_run_model(run, class_names=["alpha", "beta", "gamma"],
+                           class_templates=[("a video of {}.",)] * 3).model.eval()
+    with torch.no_grad():
+        emb, _ = model.encode_video(torch.rand(1, 8, 3, model.backbone.image_size, model.backbone.image_size))
+        assert model.classify(emb).shape == (1, 3)
+
+
+def test_eval_refuses_a_config_of_another_architecture(data, tmp_path, capsys):
+    run = _run(data, tmp_path / "mean", "model.temporal=mean")
+    code = main(["eval", "demo", "--checkpoint", str(run), "--set", f"datasets.demo.root={data}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "model.temporal: 'transformer' in demo" in err
+    assert "'mean' in the run" in err and "Traceback" not in err
+    # without a config the run's own is used
+    assert main(["eval", "--checkpoint", str(run), "--out", str(tmp_path / "ev")]) == 0

@@ -1,0 +1,63 @@
+"""Resuming a run: refuse a config that would train differently from the run's own.
+
+A resumed run must continue the training it checkpointed: the same data, model, optimizer,
+schedule and seed. Only settings that do not change what is trained may differ.
+"""
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import ExperimentConfig, to_dict
+from .errors import InputError
+
+# Keys a resumed run may change: how often it logs, evaluates and saves, how evaluation is run,
+# where the data now lives, and how many loader processes read it.
+MAY_CHANGE = ("output_dir", "train.log_every", "train.eval_every", "train.save_every",
+              "train.keep_checkpoints", "train.num_workers", "train.max_bad_fraction", "eval.*",
+              "datasets.*.root")
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out or {prefix.rstrip("."): {}}
+    return {prefix.rstrip("."): data}
+
+
+def training_changes(saved: dict, new: dict) -> list[tuple[str, Any, Any]]:
+    """(key, saved value, new value) for every training-relevant key that differs."""
+    a, b = _flatten(saved), _flatten(new)
+    missing = object()
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if any(fnmatch.fnmatchcase(key, pattern) for pattern in MAY_CHANGE):
+            continue
+        old, now = a.get(key, missing), b.get(key, missing)
+        if old != now:
+            out.append((key, None if old is missing else old, None if now is missing else now))
+    return out
+
+
+def check_resume_config(run_dir: Path, cfg: ExperimentConfig) -> None:
+    """Raise if ``cfg`` would train differently from the run saved in ``run_dir``."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise InputError(f"{path}: missing; cannot check that the resumed run trains as the run did")
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise InputError(f"{path}: invalid YAML: {e}") from None
+    changes = training_changes(saved or {}, to_dict(cfg))
+    if changes:
+        shown = "; ".join(f"{k}: {old!r} in the run, {new!r} now" for k, old, new in changes[:8])
+        more = f" (and {len(changes) - 8} more)" if len(changes) > 8 else ""
+        raise InputError(f"--resume: the config differs from the run's {path} in keys that change "
+                         f"training: {shown}{more}. Resume with the run's own settings (only "
+                         f"{', '.join(MAY_CHANGE)} may change), or start a new run in another "
+                         f"output_dir")
