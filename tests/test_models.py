@@ -138,7 +138,8 @@ def test_trained_text_encodes_only_the_step_rows(monkeypatch):
     text = model.backbone.text_parameters()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in text)
     boxes = torch.tensor([[0.1, 0.1, 0.5, 0.9], [0.4, 0.2, 0.9, 1.0], [0.0, 0.0, 1.0, 1.0]])
-    box_logits = model(video, [0, 2, 3], boxes=boxes, box_batch=torch.tensor([0, 1, 1]))
+    box_logits = model(video, head=lambda m, emb, tokens: m.box_logits(
+        tokens, boxes, torch.tensor([0, 1, 1]), [0, 2, 3], context=emb))
     assert calls == [2, 3] and box_logits.shape == (3, 3)  # rows as a list work too
     model.zero_grad()
     box_logits.sum().backward()

@@ -1,5 +1,7 @@
 """Models rebuilt from a run's own config: every head and temporal module loads, other label
 spaces are scored, and a contradicting architecture is an error naming both."""
+import shutil
+
 import pytest
 import torch
 
@@ -48,11 +50,28 @@ def test_text_head_scores_new_names(data, tmp_path):
         assert model.classify(emb).shape == (1, 3)
 
 
-def test_eval_refuses_a_config_of_another_architecture(data, tmp_path, capsys):
+def test_eval_takes_the_run_architecture_and_refuses_contradicting_flags(data, tmp_path, capsys,
+                                                                         caplog):
     run = _run(data, tmp_path / "mean", "model.temporal=mean")
-    code = main(["eval", "demo", "--checkpoint", str(run), "--set", f"datasets.demo.root={data}"])
+    root = f"datasets.demo.root={data}"
+    code = main(["eval", "demo", "--checkpoint", str(run), "--set", root,
+                 "--set", "model.temporal=transformer"])
     err = capsys.readouterr().err
-    assert code == 2 and "model.temporal: 'transformer' in demo" in err
+    assert code == 2 and "model.temporal: 'transformer' in --set" in err
     assert "'mean' in the run" in err and "Traceback" not in err
+    # the config file's own model section (temporal: transformer) gives way to the run's
+    assert main(["eval", "demo", "--checkpoint", str(run), "--set", root, "--out",
+                 str(tmp_path / "ev0")]) == 0
+    assert "using the run's model.temporal='mean'" in caplog.text
     # without a config the run's own is used
     assert main(["eval", "--checkpoint", str(run), "--out", str(tmp_path / "ev")]) == 0
+
+
+def test_eval_of_a_loose_checkpoint_needs_its_config(data, tmp_path, capsys):
+    run = _run(data, tmp_path / "r", "model.temporal=mean")
+    loose = tmp_path / "loose"
+    shutil.copytree(run / "checkpoints" / "step_000001", loose)
+    assert main(["eval", "--checkpoint", str(loose)]) == 2
+    assert "pass the config it was trained with" in capsys.readouterr().err
+    assert main(["eval", str(run / "config.yaml"), "--checkpoint", str(loose), "--out",
+                 str(tmp_path / "ev")]) == 0

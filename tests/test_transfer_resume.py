@@ -63,11 +63,12 @@ def test_sequential_downstream_has_its_own_warmup_cosine_and_optimizer(tmp_path,
     (_, boundary), (start, end) = phases
     assert start == boundary and end == 8 and 0 < boundary < 8
     lr = {r["step"]: r["train/lr/pretrained"] for r in _rows(run) if "train/loss" in r}
-    # the learning rate logged after a step is the next step's: the upstream cosine has
-    # reached 0 at the boundary; downstream warms up again from 1/3 of the peak
-    assert lr[boundary] == pytest.approx(0.0, abs=1e-12)
+    # the learning rate logged after a step is the next step's: the upstream cosine decays
+    # to its end; downstream warms up again from 1/3 of the peak (warmup_steps=3)
+    assert lr[1] == pytest.approx(1e-3 * 2 / 3)  # upstream warms up the same way
+    assert lr[boundary] == pytest.approx(1e-3 / 3)
     assert lr[boundary + 1] == pytest.approx(1e-3 * 2 / 3)
-    assert max(lr[s] for s in range(boundary + 1, 9)) == pytest.approx(1e-3)
+    assert max(lr[s] for s in range(boundary, 9)) == pytest.approx(1e-3)
     assert lr[8] == pytest.approx(0.0, abs=1e-12)
     # a fresh optimizer: Adam's step count in the last checkpoint counts downstream steps only
     opt = torch.load(run / "checkpoints" / "step_000008" / "optimizer.pt", weights_only=True)
@@ -181,3 +182,25 @@ def test_many_corrupt_videos_fail_with_the_fraction_message(tmp_path, data, caps
     assert code == 2 and "train.max_bad_fraction=0.2" in err and "Traceback" not in err
     listed = (tmp_path / "run" / "bad_videos.txt").read_text().split()
     assert len(listed) > 0.2 * len(rows)
+
+
+def test_both_phases_share_one_prepared_optimizer(tmp_path, data, monkeypatch):
+    """Accelerate keeps every prepared optimizer and unscales fp16 gradients once per
+    optimizer: the downstream phase must reuse the one optimizer, its state dropped."""
+    seen, made = [], []
+    real_schedule, real_accelerator = train_mod._phase_schedule, train_mod.make_accelerator
+
+    def schedule(optimizer, cfg, mix, phase):
+        out = real_schedule(optimizer, cfg, mix, phase)
+        seen.append((optimizer, phase, len(optimizer.optimizer.state)))
+        return out
+
+    def accelerator(*args, **kwargs):
+        made.append(real_accelerator(*args, **kwargs))
+        return made[-1]
+    monkeypatch.setattr(train_mod, "_phase_schedule", schedule)
+    monkeypatch.setattr(train_mod, "make_accelerator", accelerator)
+    train(_config(tmp_path, data, "one"))
+    assert [p for _, p, _ in seen] == [0, 1] and seen[0][0] is seen[1][0]
+    assert seen[1][2] == 0  # Adam's moments dropped at the boundary
+    assert len(made[0]._optimizers) == 1

@@ -11,10 +11,10 @@ from .errors import InputError
 class BadVideos:
     """The unreadable training videos of a run, per dataset.
 
-    ``add`` records what this process's batches reported and fails as soon as this process
-    alone has seen too many (no communication, so no waiting for a log step, where a crash could
-    come first); ``sync`` (collective, at log steps and checkpoints) merges every process's
-    lists, writes the file and fails past the fraction.
+    ``add`` records what this process's batches reported; ``sync`` (collective: at log steps,
+    checkpoints and the end) merges every process's lists, writes the file and fails past the
+    fraction on every process at once, so no process is left waiting for another that failed.
+    (A bad video is replaced by the next readable one, so nothing fails between syncs.)
     """
 
     def __init__(self, path: Path, max_fraction: float, sizes: dict[str, int],
@@ -24,10 +24,7 @@ class BadVideos:
         self.known: dict[str, set[str]] = {n: set((known or {}).get(n, ())) for n in sizes}
 
     def add(self, name: str, paths: list[str]) -> None:
-        if paths:
-            self.local[name].update(paths)
-            if len(self.known[name] | self.local[name]) > self.max_fraction * self.sizes[name]:
-                self._fail_past_fraction(self.state())
+        self.local[name].update(paths)
 
     def total(self) -> int:
         """Distinct unreadable files (two datasets may share one)."""
@@ -45,15 +42,17 @@ class BadVideos:
     def _fail_past_fraction(self, lists: dict[str, list[str]]) -> None:
         for name, paths in lists.items():
             if len(paths) > self.max_fraction * self.sizes[name]:
-                self._write(lists)
                 raise InputError(f"{len(paths)} of {self.sizes[name]} training videos of {name} "
                                  f"are unreadable, more than train.max_bad_fraction="
                                  f"{self.max_fraction}; see {self.path}")
 
     def sync(self, accelerator) -> None:
         """Collective: merge every process's lists, write them, fail past ``max_fraction``."""
+        from accelerate.utils import gather_object
         local = {n: sorted(v) for n, v in self.local.items()}
-        for part in accelerator.gather_for_metrics([local], use_gather_object=True):
+        # gather_object, not gather_for_metrics: that one trims to an evaluation loader's
+        # remainder when it is still the active loader
+        for part in gather_object([local]):
             for name, paths in part.items():
                 self.known[name].update(paths)
         lists = {n: sorted(v) for n, v in self.known.items()}

@@ -220,20 +220,17 @@ def _read_step(ckpt: Path) -> int:
 
 def read_state(ckpt: Path) -> dict:
     """A checkpoint's ``state.json``: ``{"step": N}`` plus what the trainer added
-    (training phase, unreadable videos)."""
+    (training phase, unreadable videos so far)."""
     step = _read_step(ckpt)
     return {**json.loads((ckpt / "state.json").read_text()), "step": step}
 
 
 def load(accelerator, model: nn.Module, optimizer, scheduler, ckpt: Path) -> int:
-    """Restore everything :func:`save` wrote; returns the step to continue from.
-    ``optimizer`` / ``scheduler`` None: left as they are (a new training phase starts)."""
+    """Restore everything :func:`save` wrote; returns the step to continue from."""
     step = _read_step(ckpt)
     load_weights(accelerator.unwrap_model(model), ckpt)
-    if optimizer is not None:
-        _load_state(optimizer, ckpt / "optimizer.pt")
-    if scheduler is not None:
-        _load_state(scheduler, ckpt / "scheduler.pt")
+    _load_state(optimizer, ckpt / "optimizer.pt")
+    _load_state(scheduler, ckpt / "scheduler.pt")
     if accelerator.scaler is not None and (ckpt / "scaler.pt").is_file():
         _load_state(accelerator.scaler, ckpt / "scaler.pt")
     rng_file = ckpt / f"rng_{accelerator.process_index}.pt"

@@ -46,20 +46,22 @@ def cmd_train(args) -> None:
 def cmd_eval(args) -> None:
     from .checkpoint import resolve
     from .config import load_experiment
-    from .runmodel import run_dir_of
+    from .runmodel import run_dir_of, set_model_keys
     from .runs import evaluate_checkpoint
     overrides = list(args.set) + ([f"eval.split={args.split}"] if args.split else [])
-    ckpt = resolve(args.checkpoint)
-    config = args.config or run_dir_of(ckpt) and run_dir_of(ckpt) / "config.yaml"
+    run = run_dir_of(resolve(args.checkpoint))
+    config = args.config or (run / "config.yaml" if run else None)
     if not config:
-        raise InputError(f"{args.checkpoint}: a checkpoint outside its run folder; pass the config")
+        raise InputError(f"{args.checkpoint}: a checkpoint outside its run folder: pass the "
+                         "config it was trained with (vlcofit eval CONFIG --checkpoint ...)")
     cfg = load_experiment(config, overrides)
     out = Path(args.out) if args.out else Path(args.checkpoint) / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    metrics = evaluate_checkpoint(cfg, args.checkpoint, out, cfg_name=str(config))
+    metrics = evaluate_checkpoint(cfg, args.checkpoint, out, set_model_keys(args.set),
+                                  run_config=None if run else config)
     if _is_main():
         _print_table(metrics, f"evaluation ({cfg.eval.split})")
-        print(f"\nper-class accuracy and metrics: {out}")
+        print(f"\nmetrics and per-class / per-query results: {out}")
 
 
 def _model_config(args, default: str | None = None):
@@ -233,24 +235,23 @@ def _add_cache_args(p: argparse.ArgumentParser) -> None:
                    help="feature-cache folder (default: <run>/features or ~/.cache/vlcofit/features)")
     p.add_argument("--no-feature-cache", action="store_true", help="neither read nor write cached features")
 
+SET_HELP = "override a config value, e.g. --set train.steps=100 (repeatable)"
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vlcofit", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    set_help = "override a config value, e.g. --set train.steps=100 (repeatable)"
 
+def _add_run_commands(sub) -> None:
+    """demo, train, eval."""
     d = sub.add_parser("demo", help="generate synthetic videos, train and evaluate a tiny model")
     d.add_argument("which", nargs="?", default="classification",
                    choices=["classification", "localization", "cofinetune"],
                    help="which built-in demo (default: classification)")
     d.add_argument("--out", default="runs/demo", help="folder for the data and the run")
-    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     d.add_argument("--keep", action="store_true", help="keep an existing demo run (resume it)")
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", help="train from an experiment config")
     t.add_argument("config", help="experiment config: path or shipped name (vlcofit list)")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     t.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="continue the run in output_dir (or from the given checkpoint folder)")
     t.set_defaults(func=cmd_train)
@@ -262,9 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder (latest)")
     e.add_argument("--split", choices=["train", "val", "test"], default=None)
     e.add_argument("--out", default=None, help="output folder (default: <checkpoint>/eval)")
-    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     e.set_defaults(func=cmd_eval)
 
+
+def _add_protocol_commands(sub) -> None:
+    """zero-shot, few-shot."""
     z = sub.add_parser("zero-shot", help="score labelled videos against any prompt file, "
                        "under zero-shot protocols")
     _add_model_args(z, default=None)
@@ -306,9 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--splits", default=None,
                    help="folder of ready-made k{K}_seed{S}.csv split files to use instead of drawing")
     f.add_argument("--splits-only", action="store_true", help="write the split files and stop")
-    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     f.set_defaults(func=cmd_few_shot)
 
+
+def _add_tool_commands(sub) -> None:
+    """predict, compare, ava-eval, list."""
     r = sub.add_parser("predict", help="top-k labels for your own videos (or person boxes)",
                        epilog="--boxes CSV rows: video_path,time_sec,x1,y1,x2,y2 with coordinates "
                               "normalised to [0, 1] (x right, y down), paths relative to the CSV; "
@@ -338,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("config", help="experiment config with a mixture and train.downstream")
     c.add_argument("--seeds", type=int_list, default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     c.add_argument("--out", default="runs/compare", help="folder for all runs and the comparison")
-    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     c.set_defaults(func=cmd_compare)
 
     a = sub.add_parser("ava-eval", help="official AVA frame-mAP@0.5 of a detections CSV")
@@ -357,6 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="list shipped prompt files, templates and configs")
     ls.set_defaults(func=cmd_list)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vlcofit", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_run_commands, _add_protocol_commands, _add_tool_commands):
+        add(sub)
     return p
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from .config import load_experiment
 from .distributed import process_state
 from .stats import STD, mean_std
+from .tasks import plotted_metrics
 from .train import train
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,8 @@ def compare(config: str, overrides: list[str], seeds: list[int], out: Path) -> d
     if process_state().is_main_process:  # every process trained; one writes the report
         (out / "comparison.json").write_text(json.dumps(report, indent=2))
         (out / "comparison.md").write_text(format_table(summary, keys, len(seeds)))
-        plot_comparison(summary, keys, out / "comparison.png")
+        plot_comparison(summary, [k for k in plotted_metrics(cfg) if k in keys] or keys,
+                        out / "comparison.png")
     return report
 
 
@@ -66,12 +68,12 @@ def format_table(summary: dict, keys: list[str], n: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_comparison(summary: dict, keys: list[str], path: Path) -> None:
+def plot_comparison(summary: dict, shown: list[str], path: Path) -> None:
+    """Bars of each schedule's mean ± std for the metrics ``shown``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [k for k in keys if k.endswith(("/mAP", "/mAP_head", "/mAP_mid", "/mAP_tail", "/top1"))] or keys
     fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(shown)), 3.8))
     width = 0.38
     for j, s in enumerate(SCHEDULES):

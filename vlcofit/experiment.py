@@ -47,10 +47,17 @@ def read_card_classes(card: DatasetCard) -> ClassList:
 
 
 def build_labels(cfg: ExperimentConfig) -> LabelSetup:
-    """One label space over every dataset of the run (a class two datasets share is one row)."""
+    """One label space over every dataset of the run (a class two datasets share is one row).
+
+    A dataset whose task has no classes (captions) reads no prompt or template file: its class
+    list is empty, so it has no rows (``rows(name)`` is empty) and adds none."""
     names = list(dict.fromkeys(cfg.train.datasets + cfg.eval_datasets)) or list(cfg.datasets)
-    classes = {n: read_card_classes(cfg.datasets[n]) for n in names}
-    templates = {n: read_templates(cfg.datasets[n].templates) for n in names}
+    named = [n for n in names if task_of(cfg.datasets[n]).has_classes]
+    classes = {n: read_card_classes(cfg.datasets[n]) if n in named
+               else ClassList((), (), f"dataset {n} ({cfg.datasets[n].task}: no classes)")
+               for n in names}
+    templates = {n: read_templates(cfg.datasets[n].templates) if n in named else ()
+                 for n in names}
     space = LabelSpace.union(classes)
     row_templates: list[tuple[str, ...] | None] = [None] * len(space.names)
     for name in names:  # a shared row keeps the templates of the first dataset naming it

@@ -45,6 +45,7 @@ from .errors import InputError, at
 from .experiment import build_labels, read_card_classes
 from .prompts import ClassList
 from .stats import STD, mean_std
+from .tasks import task_of
 
 logger = logging.getLogger(__name__)
 
@@ -333,9 +334,9 @@ def few_shot(cfg: ExperimentConfig, shots: Sequence[int], seeds: Sequence[int], 
         raise InputError("few-shot: train.datasets must name exactly one dataset")
     name = cfg.train.datasets[0]
     card = cfg.datasets[name]
-    if card.task != "classification":
+    if not task_of(card).single_label:
         raise InputError(f"few-shot: dataset {name} is a {card.task} dataset; K-shot splits are "
-                         "drawn per class of a classification dataset")
+                         "drawn per class of a single-label (classification) dataset")
     classes = read_card_classes(card)
     records = read_records(card, "train", classes)
     metric = f"{cfg.eval_datasets[0]}/top1"

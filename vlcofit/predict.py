@@ -101,8 +101,11 @@ def load_predictor(checkpoint_path: str | None = None, model_cfg: ModelConfig | 
                            keys=("backbone", "name"))
     model, cfg, labels = run.model, run.cfg, run.labels
     used = list(dict.fromkeys(cfg.train.datasets + cfg.eval_datasets)) or list(cfg.datasets)
+    used = [n for n in used if task_of(cfg.datasets[n]).has_classes]  # captions name no labels
     loc = [n for n in used if task_of(cfg.datasets[n]).uses_boxes]
-    first = ([n for n in used if n not in loc] or used)[0]  # whole videos: a clip dataset's classes
+    first = ([n for n in used if n not in loc] or used or [None])[0]  # a clip dataset's classes
+    if first is None:  # a captions-only run: labels come from --labels
+        return Predictor(model.eval(), card)
     predictor = Predictor(model.eval(), card, cfg.datasets[first].templates,
                           labels.classes[first], labels.rows(first))
     if loc:

@@ -9,9 +9,7 @@ import fnmatch
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .config import ExperimentConfig, to_dict
+from .config import ExperimentConfig, load_experiment, to_dict
 from .errors import InputError
 
 # Keys a resumed run may change: how often it logs, evaluates and saves, how evaluation is run,
@@ -49,11 +47,10 @@ def check_resume_config(run_dir: Path, cfg: ExperimentConfig) -> None:
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise InputError(f"{path}: missing; cannot check that the resumed run trains as the run did")
-    try:
-        saved = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise InputError(f"{path}: invalid YAML: {e}") from None
-    changes = training_changes(saved or {}, to_dict(cfg))
+    # through the loader, so fields added to vlcofit since the run was saved take their
+    # defaults on both sides instead of counting as changes
+    saved = load_experiment(path)
+    changes = training_changes(to_dict(saved), to_dict(cfg))
     if changes:
         shown = "; ".join(f"{k}: {old!r} in the run, {new!r} now" for k, old, new in changes[:8])
         more = f" (and {len(changes) - 8} more)" if len(changes) > 8 else ""

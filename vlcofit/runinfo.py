@@ -79,8 +79,9 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_learning_curves(metrics_path: Path, out: Path) -> Path | None:
-    """Training loss and each dataset's headline metric (top-1 or mAP) against step."""
+def plot_learning_curves(metrics_path: Path, out: Path, headline: list[str]) -> Path | None:
+    """Training loss and the ``headline`` metrics (each dataset's top-1, mAP, ...) against
+    step."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -89,8 +90,7 @@ def plot_learning_curves(metrics_path: Path, out: Path) -> Path | None:
     series: dict[str, list[tuple[int, float]]] = {}
     for row in rows:
         for key, value in row.items():
-            headline = key == "train/loss" or key.endswith(("/top1", "/mAP"))
-            if headline and isinstance(value, (int, float)):
+            if (key == "train/loss" or key in headline) and isinstance(value, (int, float)):
                 series.setdefault(key, []).append((row["step"], value))
     if not series:
         return None

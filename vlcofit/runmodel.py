@@ -26,7 +26,9 @@ from .tasks import task_of
 logger = logging.getLogger(__name__)
 
 # ModelConfig fields that decide which tensors a checkpoint holds; the others (pretrained tag,
-# download folder, init_from, train_text) only say how training started.
+# download folder, init_from, train_text) only say how training started. A config or flags
+# used with a run: explicit `--set model.K=V` / `--model` that contradict the run are errors;
+# a config file's other model keys are replaced by the run's (logged).
 ARCHITECTURE = ("backbone", "name", "temporal", "temporal_layers", "box_temporal", "head")
 
 
@@ -57,7 +59,8 @@ def load_run_config(ckpt: Path, config: str | Path | None = None) -> ExperimentC
 
 def check_architecture(run_model: ModelConfig, other: ModelConfig, run: str, other_name: str,
                        keys: Sequence[str] = ARCHITECTURE) -> None:
-    """Error when ``other`` names another architecture than the run was trained with."""
+    """Error when ``other`` names another architecture than the run was trained with (in
+    ``keys``)."""
     diff = [k for k in keys if getattr(run_model, k) != getattr(other, k)]
     if diff:
         pairs = "; ".join(f"model.{k}: {getattr(other, k)!r} in {other_name}, "
@@ -70,11 +73,16 @@ def model_from_run(path: str | Path, model_cfg: ModelConfig, explicit: Sequence[
                    where: str) -> ModelConfig:
     """``model_cfg`` replaced by run ``path``'s architecture, starting from its weights
     (``init_from``): for fine-tuning a run further (few-shot). ``explicit``: model keys the
-    user set (``--set model.K=V``); those that contradict the run are an error."""
+    user set (``--set model.K=V``); those that contradict the run are an error, other
+    differences are replaced by the run's (with a warning)."""
     ckpt = checkpoint.resolve(path)
     run_model = load_run_config(ckpt).model
     check_architecture(run_model, model_cfg, str(path), where,
                        keys=[k for k in ARCHITECTURE if k in explicit])
+    replaced = [k for k in ARCHITECTURE if getattr(run_model, k) != getattr(model_cfg, k)]
+    if replaced:
+        logger.warning("%s: using the run's %s instead of the config's", path,
+                       ", ".join(f"model.{k}={getattr(run_model, k)!r}" for k in replaced))
     return dataclasses.replace(run_model, init_from=str(ckpt), train_text=model_cfg.train_text
                                if "train_text" in explicit else run_model.train_text)
 
@@ -154,11 +162,20 @@ def require_text_head(run: RunModel, what: str) -> None:
 
 
 def model_for_eval(cfg: ExperimentConfig, labels: LabelSetup, ckpt: str | Path,
-                   cfg_name: str) -> VideoCLIP:
-    """The model for evaluating ``cfg``'s datasets with run ``ckpt``'s weights."""
+                   explicit: Sequence[str] = (), run_config: str | Path | None = None
+                   ) -> VideoCLIP:
+    """The model for evaluating ``cfg``'s datasets with run ``ckpt``'s weights: the run's
+    architecture. ``explicit``: model keys set on the command line (``--set model.K=V``), an
+    error where they contradict the run; other differences in ``cfg.model`` are replaced by
+    the run's, with a warning. ``run_config``: the run's config for a loose checkpoint."""
     resolved = checkpoint.resolve(ckpt)
-    run_cfg = load_run_config(resolved)
-    check_architecture(run_cfg.model, cfg.model, str(ckpt), cfg_name)
+    run_model = load_run_config(resolved, run_config).model
+    check_architecture(run_model, cfg.model, str(ckpt), "--set",
+                       keys=[k for k in ARCHITECTURE if k in explicit])
+    replaced = [k for k in ARCHITECTURE if getattr(run_model, k) != getattr(cfg.model, k)]
+    if replaced:
+        logger.warning("%s: using the run's %s instead of the config's", ckpt,
+                       ", ".join(f"model.{k}={getattr(run_model, k)!r}" for k in replaced))
     boxes = any(task_of(cfg.datasets[n]).uses_boxes for n in cfg.eval_datasets)
-    return load_run_model(resolved, class_names=labels.space.names,
+    return load_run_model(resolved, run_config, class_names=labels.space.names,
                           class_templates=labels.row_templates, needs_boxes=boxes).model

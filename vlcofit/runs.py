@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Sequence
 
 from .config import ExperimentConfig, load_experiment
 from .experiment import build_dataset, build_labels, build_loader
@@ -15,12 +16,15 @@ logger = logging.getLogger(__name__)
 
 
 def evaluate_checkpoint(cfg: ExperimentConfig, ckpt: str, out_dir: Path | None = None,
-                        cfg_name: str = "the config") -> dict[str, float]:
+                        explicit: Sequence[str] = (),
+                        run_config: str | Path | None = None) -> dict[str, float]:
     """Supervised evaluation of a checkpoint on ``cfg``'s evaluation datasets and split; the
-    model is the run's own (:mod:`vlcofit.runmodel`), scoring ``cfg``'s label space."""
+    model is the run's own (:func:`vlcofit.runmodel.model_for_eval`: ``explicit`` model keys
+    must agree with it; ``run_config`` for a checkpoint outside its run folder), scoring
+    ``cfg``'s label space."""
     accelerator = make_accelerator(cfg, None)
     labels = build_labels(cfg)
-    model = accelerator.prepare(model_for_eval(cfg, labels, ckpt, cfg_name))
+    model = accelerator.prepare(model_for_eval(cfg, labels, ckpt, explicit, run_config))
     metrics = {}
     for name in cfg.eval_datasets:
         ds = build_dataset(cfg.datasets[name], cfg.eval.split, labels.classes[name],

@@ -26,7 +26,7 @@ from .optim import build_optimizer, build_scheduler
 from .resume import check_resume_config
 from .runmodel import run_dir_of
 from .runinfo import MetricsLog, finish_run_json, plot_learning_curves, write_run_json
-from .tasks import task_of
+from .tasks import headline_metrics, task_of
 
 logger = logging.getLogger(__name__)
 
@@ -112,14 +112,17 @@ def _build_data(cfg: ExperimentConfig, labels, backbone) -> _Data:
     return _Data(train_sets, loaders, eval_loaders, mix)
 
 
-def _phase_optimizer(accelerator, model, cfg: ExperimentConfig, mix: mixture.Plan, phase: int):
-    """A fresh optimizer and warmup + cosine schedule for one training phase (co-finetuning has
-    one phase; the sequential baseline a second, downstream one)."""
+def _phase_schedule(optimizer, cfg: ExperimentConfig, mix: mixture.Plan, phase: int):
+    """The warmup + cosine schedule of one training phase (co-finetuning has one phase; the
+    sequential baseline a second, downstream one). A later phase also starts the optimizer
+    afresh: its state is dropped, as a new optimizer's would be. One optimizer object for the
+    whole run: Accelerate keeps every prepared optimizer, and would unscale fp16 gradients
+    once per optimizer."""
     start, end = mix.phases[phase]
-    base = accelerator.unwrap_model(model)
-    optimizer = build_optimizer(base, base.new_parameter_names(), cfg.train)
-    scheduler = build_scheduler(optimizer, cfg.train.warmup_steps, end - start)
-    return accelerator.prepare_optimizer(optimizer), scheduler
+    base = getattr(optimizer, "optimizer", optimizer)  # under Accelerate's wrapper
+    if phase > 0:
+        base.state.clear()
+    return build_scheduler(base, cfg.train.warmup_steps, end - start)
 
 
 def _start_records(run_dir: Path, accelerator, cfg: ExperimentConfig, labels, mix, resumed: bool):
@@ -156,17 +159,14 @@ def train(cfg: ExperimentConfig, resume: str | None = None) -> dict[str, float]:
     find_unused = freeze_unused(model, [task_of(cfg.datasets[n]) for n in t.datasets])
     accelerator = make_accelerator(cfg, run_dir, find_unused)
     data = _build_data(cfg, labels, model.backbone)
-    model = accelerator.prepare(model)
+    optimizer = build_optimizer(model, model.new_parameter_names(), t)
+    model, optimizer = accelerator.prepare(model, optimizer)
     loaders = {n: accelerator.prepare(dl) for n, dl in data.loaders.items()}
     eval_loaders = {n: accelerator.prepare(dl) for n, dl in data.eval_loaders.items()}
     step = int(state["step"])
-    phase = data.mix.phase_of(step)
-    optimizer, scheduler = _phase_optimizer(accelerator, model, cfg, data.mix, phase)
+    scheduler = _phase_schedule(optimizer, cfg, data.mix, data.mix.phase_of(step))
     if resume_from is not None:
-        # At a phase boundary the checkpoint holds the finished phase's optimizer: start fresh.
-        same_phase = state.get("phase", 0) == phase
-        checkpoint.load(accelerator, model, optimizer if same_phase else None,
-                        scheduler if same_phase else None, resume_from)
+        checkpoint.load(accelerator, model, optimizer, scheduler, resume_from)
     if accelerator.is_main_process:
         _start_records(run_dir, accelerator, cfg, labels, data.mix, resume_from is not None)
     accelerator.init_trackers("tensorboard")
@@ -186,7 +186,8 @@ def train(cfg: ExperimentConfig, resume: str | None = None) -> dict[str, float]:
         tracker.finish()
     if accelerator.is_main_process:
         finish_run_json(run_dir / "run.json", final_metrics=final, steps=t.steps)
-        plot_learning_curves(run_dir / "metrics.jsonl", run_dir / "learning_curve.png")
+        plot_learning_curves(run_dir / "metrics.jsonl", run_dir / "learning_curve.png",
+                             headline_metrics(cfg))
     return final
 
 
@@ -225,9 +226,6 @@ class _Loop:
         window_start = time.perf_counter()
         phase = mix.phase_of(step)
         while step < t.steps:
-            if mix.phase_of(step) != phase:  # transfer learning: downstream starts afresh
-                phase = mix.phase_of(step)
-                optimizer, scheduler = _phase_optimizer(acc, self.model, self.cfg, mix, phase)
             i = int(mix.schedule[step])
             name = t.datasets[i]
             # template draws of a trained text tower: from (seed, step, rank), so resume is exact
@@ -238,6 +236,9 @@ class _Loop:
                                    t.loss_weights.get(name, 1.0))
             scheduler.step()
             step += 1
+            if mix.phase_of(step) != phase:  # transfer learning: downstream starts afresh
+                phase = mix.phase_of(step)
+                scheduler = _phase_schedule(optimizer, self.cfg, mix, phase)
             window[2 * i] += loss
             window[2 * i + 1] += 1
             window[-1] += t.batch_size * t.grad_accum * acc.num_processes

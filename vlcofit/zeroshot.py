@@ -42,7 +42,8 @@ from .models.video import build_model
 from .prompts import ClassList, read_class_list, read_class_subset, read_templates
 from .resources import list_resources
 from .stats import STD, mean_std
-from .runmodel import check_architecture, load_run_model, require_text_head, run_dir_of
+from .runmodel import (check_architecture, load_run_model, relabel, require_text_head,
+                       run_dir_of)
 from .train import make_accelerator
 
 logger = logging.getLogger(__name__)
@@ -213,6 +214,10 @@ def resolve_card(data: str, prompts: str, templates: str | None, num_frames: int
     """``data``: a dataset card (shipped name or .yaml path) or a ``path,label`` CSV manifest."""
     if data.endswith((".yaml", ".yml")) or not Path(data).is_file():
         card = load_card(data)
+        from .tasks import task_of
+        if not task_of(card).has_classes:  # e.g. captions: scored by `vlcofit eval` (retrieval)
+            raise InputError(f"--data {data}: a {card.task} dataset has no classes to score "
+                             "zero-shot; evaluate it with `vlcofit eval`")
         return dataclasses.replace(card, prompts=prompts, templates=templates or card.templates)
     return manifest_card(data, num_frames, prompts, templates or "text4vis")
 
@@ -226,9 +231,9 @@ def load_scoring_model(model_cfg: ModelConfig | None, classes: ClassList,
     ``model_cfg`` must name the same backbone). Else the bare model ``model_cfg``; random
     initialisation is seeded so the same call gives the same model (and hits the cache)."""
     if weights:
-        run = load_run_model(weights, class_names=classes.names,
-                             class_templates=[templates] * len(classes))
+        run = load_run_model(weights)
         require_text_head(run, "zero-shot")
+        relabel(run.model, classes.names, [templates] * len(classes), weights)
         if model_cfg is not None:
             check_architecture(run.cfg.model, model_cfg, weights, "--model/--backbone",
                                keys=("backbone", "name"))

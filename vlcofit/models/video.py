@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -185,12 +185,16 @@ class VideoCLIP(nn.Module):
         return self.box_head.logits(self.box_head(token_map, boxes, box_batch, context), text)
 
     def forward(self, video: torch.Tensor, rows: torch.Tensor | None = None,
-                boxes: torch.Tensor | None = None, box_batch: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, T, 3, H, W] -> clip logits [B, C]; with ``boxes`` [K, 4], box logits [K, C]."""
+                head: Callable[[VideoCLIP, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+                ) -> torch.Tensor:
+        """[B, T, 3, H, W] -> ``head(self, video embedding [B, E], token map [B, D, T, h, w])``,
+        by default the clip logits [B, C] over label-space ``rows``. Each task passes its own
+        head (:mod:`vlcofit.tasks`), so the model knows no task, and training still goes
+        through ``forward`` (as DDP needs, to synchronise gradients)."""
         emb, token_map = self.encode_video(video)
-        if boxes is None:
+        if head is None:
             return self.classify(emb, rows)
-        return self.box_logits(token_map, boxes, box_batch, rows, context=emb)
+        return head(self, emb, token_map)
 
 
 def build_model(cfg: ModelConfig, class_names: Sequence[str],

@@ -1,0 +1,151 @@
+"""The config dataclasses: what an experiment, a dataset card, a model, training and evaluation
+are made of (defaults and comments here; ranges and choices in :mod:`vlcofit.config_checks`;
+reading and writing YAML in :mod:`vlcofit.config`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class LocalizationSpec:
+    """AVA-style specifics of a localisation card (``localization:`` in the card).
+
+    The card's ``train``/``val``/``test`` name the ground-truth CSVs of each split; ``prompts``
+    is the label map (``id: name`` prompt file, or an official .pbtxt given as ``labelmap``).
+    """
+    labelmap: str | None = None  # official pbtxt; default: the prompt file's `id: name` lines
+    proposals_train: str | None = None  # person boxes: pickle dict or CSV (relative to root)
+    proposals_val: str | None = None
+    proposals_test: str | None = None
+    exclusions_val: str | None = None  # keyframes the evaluation ignores
+    exclusions_test: str | None = None
+    eval_protocol: str = "current"  # AVA evaluator revision: vlcofit.metrics.ava.PROTOCOLS
+    media: str = "video"  # video: <root>/<videos>/<video_id>.<ext>; frames: <video_id>/img_%05d.jpg
+    videos: str = "videos"  # sub-folder of root holding the videos or frame folders
+    video_extension: str = ".mp4"
+    frame_pattern: str = "img_{:05d}.jpg"  # frames media: 1-based frame number
+    fps: float = 30.0  # frames media: frames per second of the extracted frames
+    first_frame_time: float = 0.0  # frames media: time (s) of frame 1; AVA: 900
+    keyframe_range: tuple[float, ...] = ()  # (first, last) keyframe time kept; AVA: (902, 1798)
+    person_score_threshold: float = 0.8  # evaluation proposals kept above this score
+    train_proposal_iou: float | None = None  # also train on proposals with IoU >= t to a gt box
+    head_mid_tail: tuple[int, ...] = (100, 1000)  # training-instance thresholds of rare-class groups
+
+
+@dataclass(frozen=True)
+class DatasetCard:
+    """One dataset: where its videos and labels are, its classes, how clips are sampled.
+
+    The card decides the task once; the task picks the head, the loss and the metric.
+    """
+    name: str
+    task: str = "classification"  # classification | localization | captions (vlcofit.tasks)
+    # classification: csv | list | folder | kinetics | ucf101 | hmdb51 | ssv2; localization: ava;
+    # captions: csv (path,caption) | msrvtt (JSON / JSON Lines) | webvid (vlcofit.data.captions)
+    format: str = "csv"
+    root: str = "."  # video folder; relative paths are relative to the working directory
+    train: str | None = None  # annotation/split file (or sub-folder for `folder`), relative to root
+    val: str | None = None
+    test: str | None = None
+    # prompt file: shipped name (prompts/<name>.txt) or path; none for captions (free text)
+    prompts: str = ""
+    # template file: shipped name (prompts/templates/<name>.txt) or path; unused by captions
+    templates: str = "text4vis"
+    num_classes: int | None = None  # if set, must equal the prompt file's class count
+    num_frames: int = 8
+    sampling: str = "tsn"  # tsn (one frame per segment) | dense (consecutive frames, stride)
+    frame_stride: int = 4  # dense sampling only
+    test_clips: int = 1  # temporal views at test time
+    test_crops: int = 1  # spatial views at test time: 1 (centre) or 3 (left/centre/right)
+    hflip: bool = True  # training flips; false where classes name left/right (SSv2, the demo)
+    min_crop_scale: float = 0.4  # training random-resized-crop area range: [min_crop_scale, 1]
+    decoder: str = "pyav"  # pyav | torchcodec | decord
+    filename_pattern: str = "{youtube_id}_{time_start:06d}_{time_end:06d}.mp4"  # kinetics format
+    video_extensions: tuple[str, ...] = (".mp4", ".avi", ".mkv", ".webm", ".mov")  # folder format
+    localization: LocalizationSpec = field(default_factory=LocalizationSpec)  # task: localization
+
+    def split_file(self, split: str) -> str:
+        """The annotation file (or folder) of ``split`` (train/val/test), checked to be set."""
+        if split not in ("train", "val", "test"):
+            raise InputError(f"dataset {self.name}: unknown split {split!r} (train, val, test)")
+        value = getattr(self, split)
+        if value is None:
+            raise InputError(f"dataset {self.name}: the card sets no `{split}` split")
+        return value
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "open_clip"  # open_clip | hf (transformers CLIPModel)
+    # open_clip: architecture name (ViT-B-16), model-config JSON (shipped name or path),
+    # or `hf-hub:` / `local-dir:` ids; hf: hub id or local folder.
+    name: str = "tiny"
+    pretrained: str | None = None  # open_clip tag (openai) or local weights file; None: as `name` says
+    temporal: str = "transformer"  # mean | transformer
+    temporal_layers: int = 1
+    # localisation box head: mean (time-averaged token map, SlowFast-style) | transformer
+    # (per-frame RoIs through a temporal transformer: keeps the order of frames, for motion)
+    box_temporal: str = "mean"
+    head: str = "text"  # text (class-name embeddings) | linear (random-init, for comparison)
+    train_text: bool = False  # text tower frozen (Text4Vis) unless set
+    cache_dir: str | None = None  # where hub downloads go
+    # A vlcofit checkpoint or run folder to start from (e.g. few-shot from a co-finetuned model):
+    # every tensor whose name and shape match is loaded; label-space-sized ones are skipped.
+    init_from: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    datasets: tuple[str, ...] = ()  # names from `datasets` trained on (a mixture if several)
+    # Which dataset each step draws: proportional (to size) | uniform | temperature (size^(1/T))
+    # | weights (explicit `weights`). The same seeded draw on every process.
+    sampling: str = "proportional"
+    temperature: float = 2.0
+    weights: dict[str, float] = field(default_factory=dict)
+    loss_weights: dict[str, float] = field(default_factory=dict)  # per dataset; default 1
+    step_budgets: dict[str, int] = field(default_factory=dict)  # most steps a dataset may take
+    # cofinetune: datasets mixed at every step; sequential: the transfer-learning baseline —
+    # the upstream datasets first, then `downstream`, with the same per-dataset step counts.
+    schedule: str = "cofinetune"
+    downstream: tuple[str, ...] = ()
+    box_loss: str = "bce"  # localisation datasets: bce | focal
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 8  # clips per process per micro-step
+    grad_accum: int = 1
+    lr: float = 1e-5  # pretrained (CLIP) parameters
+    lr_new: float = 1e-3  # new parameters: temporal module, heads, logit scale
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    clip_grad: float | None = 1.0
+    label_smoothing: float = 0.0
+    mixed_precision: str = "no"  # no | bf16 | fp16 (through Accelerate)
+    seed: int = 0
+    num_workers: int = 2
+    log_every: int = 10
+    eval_every: int = 0  # steps; 0: evaluate at the end only
+    save_every: int = 200  # steps; the last step always saves
+    keep_checkpoints: int = 2
+    max_bad_fraction: float = 0.01  # fail when more training videos than this are unreadable
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    datasets: tuple[str, ...] = ()  # names from `datasets` evaluated; empty: the training ones
+    split: str = "val"
+    batch_size: int = 8
+    max_batches: int | None = None  # cap for quick checks
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    datasets: dict[str, DatasetCard] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output_dir: str = "runs/default"
+
+    @property
+    def eval_datasets(self) -> tuple[str, ...]:
+        return self.eval.datasets or self.train.datasets

@@ -1,0 +1,56 @@
+"""Classification: one label per clip; the clip embedding scored against the dataset's class
+names (softmax cross-entropy over its label-space rows); top-1 / top-5 / mean-class accuracy."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..config import DatasetCard, TrainConfig
+from ..data.classification import ClassificationDataset, collate, read_records
+from ..data.transforms import build_transform
+from ..evaluate import evaluate_classification
+from ..models.backbones import Backbone
+from ..prompts import ClassList
+from .base import encoder_parameters, parameters_under
+
+
+class ClassificationTask:
+    name = "classification"
+    collate = staticmethod(collate)
+    uses_boxes = False
+    single_label = True
+    has_classes = True
+    metrics = ("top1",)
+
+    def used_parameters(self, model) -> set[str]:
+        """Names of the parameters this task's loss gives gradients to (DDP needs to know)."""
+        image, text = encoder_parameters(model)
+        if model.linear is not None:  # the linear head reads neither text nor the logit scale
+            return image | parameters_under(model, "linear.")
+        return image | text | {"logit_scale"}
+
+    def dataset(self, card: DatasetCard, split: str, classes: ClassList, backbone: Backbone,
+                train: bool, seed: int) -> ClassificationDataset:
+        return ClassificationDataset(read_records(card, split, classes), card,
+                                     clip_transform(card, backbone, train), train=train,
+                                     seed=seed)
+
+    def loss(self, model, batch: dict, rows: torch.Tensor, t: TrainConfig) -> torch.Tensor:
+        logits = model(batch["video"], head=lambda m, emb, tokens: m.classify(emb, rows))
+        return F.cross_entropy(logits.float(), batch["label"], label_smoothing=t.label_smoothing)
+
+    def evaluate(self, accelerator, model, loader, card: DatasetCard, rows: torch.Tensor,
+                 classes: ClassList, split: str, out_dir: Path | None,
+                 max_batches: int | None) -> dict[str, float]:
+        return evaluate_classification(accelerator, model, loader, card.name, rows, classes,
+                                       out_dir=out_dir, max_batches=max_batches)
+
+
+def clip_transform(card: DatasetCard, backbone: Backbone, train: bool):
+    """The frame transform of a clip dataset (classification, captions): the card's crops and
+    flips at the backbone's resolution and normalisation."""
+    return build_transform(train, backbone.image_size, backbone.mean, backbone.std,
+                           crops=1 if train else card.test_crops, flip=card.hflip,
+                           scale=(card.min_crop_scale, 1.0))
