@@ -61,8 +61,8 @@ def test_dataset_name_must_exist(tmp_path):
 def test_bad_card_values(tmp_path):
     card = _write(tmp_path / "c.yaml", "task: detection\nprompts: demo\n")
     exp = _write(tmp_path / "exp.yaml", f"datasets:\n  c: {card}\n")
-    with pytest.raises(InputError, match="c.yaml: task must be one of classification, localization; "
-                                         "got 'detection'"):
+    with pytest.raises(InputError, match="c.yaml: task must be one of classification, localization, "
+                                         "captions; got 'detection'"):
         load_experiment(exp)
 
 

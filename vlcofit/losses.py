@@ -1,4 +1,5 @@
-"""Multi-label losses for box classification (AVA-style localisation).
+"""Multi-label losses for box classification (AVA-style localisation); the symmetric
+contrastive (CLIP) loss of video-caption pairs, negatives gathered from every process.
 
 Reduction: "mean" over boxes and classes is the AVA standard (SlowFast trains AVA with
 ``BCELoss(reduction="mean")`` on sigmoid outputs). Its size per box shrinks with the number of
@@ -9,6 +10,7 @@ softmax cross-entropy) or a per-dataset loss weight balances the two.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
@@ -43,3 +45,59 @@ def multilabel_loss(logits: torch.Tensor, targets: torch.Tensor, kind: str = "bc
     else:
         per = sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=gamma, reduction="none")
     return per.mean() if reduction == "mean" else per.sum(dim=1).mean()
+
+
+# --------------------------------------------------------------------------- contrastive
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward returns each process the gradient of EVERY process's loss
+    with respect to its slot (all-reduce of the gathered gradient, then its slice): open_clip's
+    ``gather_with_grad=True``. All-reduce rather than torch.distributed.nn's all-to-all, which
+    not every backend (gloo) implements."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rank, ctx.size = dist.get_rank(), x.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()  # all_reduce is in place; autograd owns `grad`
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.size:(ctx.rank + 1) * ctx.size]
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """[B, ...] on each of N processes -> [N * B, ...], process r's rows at r * B, with
+    gradients flowing back to every process; ``x`` itself with one process. Every process
+    must call it with the same B (training loaders drop the last, uneven batch)."""
+    return x if _world() == 1 else _GatherWithGrad.apply(x)
+
+
+def contrastive_loss(video: torch.Tensor, text: torch.Tensor,
+                     scale: torch.Tensor | float) -> torch.Tensor:
+    """Symmetric InfoNCE (CLIP) of this process's pairs: video embeddings [B, E], the
+    embeddings of their captions [B, E] (pair i = row i), ``scale`` = exp(logit scale).
+
+    Each local video is scored against the captions of the GLOBAL batch (every process's,
+    gathered with gradients) and each local caption against the global videos; the loss is
+    the mean of the two cross-entropies over the local rows. Its mean over N processes (what
+    DDP's gradient average and the logged loss take) is the single-process loss of the global
+    batch, and so are the gradients. float32, autocast off: the logits of a large batch are
+    sharp and bf16 would round the targets' margins away."""
+    with torch.autocast(video.device.type, enabled=False):
+        video = F.normalize(video.float(), dim=-1)
+        text = F.normalize(text.float(), dim=-1)
+        all_video, all_text = gather_with_grad(video), gather_with_grad(text)
+        offset = dist.get_rank() * video.shape[0] if _world() > 1 else 0
+        labels = torch.arange(video.shape[0], device=video.device) + offset
+        scale = torch.as_tensor(scale, device=video.device).float()
+        v2t = scale * video @ all_text.t()  # [B, N * B]
+        t2v = scale * text @ all_video.t()
+        return (F.cross_entropy(v2t, labels) + F.cross_entropy(t2v, labels)) / 2

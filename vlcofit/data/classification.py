@@ -150,25 +150,33 @@ def read_folder(card: DatasetCard, split: str, classes: ClassList) -> list[Video
 _KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
 
 
-def read_kinetics(card: DatasetCard, split: str, classes: ClassList) -> list[VideoRecord]:
-    """The official Kinetics CSV; video path = root / card.filename_pattern.format(**row)."""
-    path, root = _annotation(card, split), Path(card.root)
-    lines = _lines(path)
-    if not lines:
-        return []
-    header = [c.lower() for c in _csv_row(lines[0][1])]
-    missing = [c for c in _KINETICS_COLUMNS if c not in header]
+def header_rows(path: Path, lines: list[tuple[int, str]], required: Sequence[str], what: str,
+                lower: bool = False):
+    """The rows of a CSV with a header line, as ``(where, text, {column: value})``; a missing
+    required column or a row of another width is an InputError naming the file and line."""
+    header = [c.lower() if lower else c for c in _csv_row(lines[0][1])]
+    missing = [c for c in required if c not in header]
     if missing:
-        raise InputError(f"{at(path, lines[0][0])}: Kinetics header lacks column(s) "
+        raise InputError(f"{at(path, lines[0][0])}: {what} header lacks column(s) "
                          f"{', '.join(missing)} (got {', '.join(header)})")
-    records = []
     for number, text in lines[1:]:
         where = at(path, number)
         row = _csv_row(text)
         if len(row) != len(header):
             raise InputError(f"{where}: expected {len(header)} columns as in the header, "
                              f"got {len(row)}: {text!r}")
-        fields: dict[str, Any] = dict(zip(header, row))
+        yield where, text, dict(zip(header, row))
+
+
+def read_kinetics(card: DatasetCard, split: str, classes: ClassList) -> list[VideoRecord]:
+    """The official Kinetics CSV; video path = root / card.filename_pattern.format(**row)."""
+    path, root = _annotation(card, split), Path(card.root)
+    lines = _lines(path)
+    if not lines:
+        return []
+    records = []
+    for where, text, fields in header_rows(path, lines, _KINETICS_COLUMNS, "Kinetics",
+                                           lower=True):
         try:
             fields["time_start"] = int(float(fields["time_start"]))
             fields["time_end"] = int(float(fields["time_end"]))

@@ -8,10 +8,12 @@ from __future__ import annotations
 from ..config import DatasetCard
 from ..errors import InputError
 from .base import Task
+from .captions import CaptionsTask
 from .classification import ClassificationTask
 from .localization import LocalizationTask
 
-TASKS: dict[str, Task] = {t.name: t for t in (ClassificationTask(), LocalizationTask())}
+TASKS: dict[str, Task] = {t.name: t for t in (ClassificationTask(), LocalizationTask(),
+                                              CaptionsTask())}
 
 
 def plotted_metrics(cfg) -> list[str]:
