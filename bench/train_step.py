@@ -17,6 +17,9 @@ classes x CLIP's 28 Kinetics templates: vlcofit's step time with the text tower 
 class matrix), trained with one template per class of the step's rows (ActionCLIP / ViFi-CLIP,
 what vlcofit does), and trained re-encoding the whole label space x every template each step
 (what it did before), interleaved, as ratios to the frozen arm.
+
+Then L2-SP (``train.l2sp``): vlcofit's step with decoupled decay towards the starting weights on
+every transferred tensor vs without, interleaved. Target: ratio <= 1.05.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vlcofit.config import ExperimentConfig, ModelConfig, TrainConfig
 from vlcofit.models.video import build_model
-from vlcofit.optim import build_optimizer
+from vlcofit.optim import attach_l2sp, build_optimizer
 from vlcofit.prompts import read_templates
 from vlcofit.tasks import TASKS
 from vlcofit.train import _optimizer_step, make_accelerator
@@ -181,8 +184,40 @@ def main() -> None:
               f"{sec / b:7.3f}")
     if peak_mem is not None:
         print(f"peak GPU memory, vlcofit loop alone: {peak_mem:.2f} GiB")
+    l2sp_arms(args, base_model, tcfg, accelerator, video, label)
     if args.text_classes:
         text_tower_arms(args, mcfg, tcfg, accelerator, video, label)
+
+
+def l2sp_arms(args, base_model, tcfg: TrainConfig, accelerator, video: torch.Tensor,
+              label: torch.Tensor) -> None:
+    """vlcofit's step with L2-SP off / on (every backbone tensor counted as transferred);
+    median step times of interleaved rounds."""
+    device = accelerator.device
+    rows = torch.arange(len(base_model.class_names), device=device)
+    batch = {"video": video, "label": label, "bad": []}
+    batches = iter(lambda: batch, None)
+    arms = {}
+    for arm, alpha in (("L2-SP off", 0.0), ("L2-SP on", 1e-4)):
+        model = copy.deepcopy(base_model)
+        model.mark_loaded(n for n, _ in model.named_parameters() if n.startswith("backbone."))
+        cfg = dataclasses.replace(tcfg, l2sp=alpha)
+        opt = build_optimizer(model, model.new_parameter_names(), cfg)
+        model, opt = accelerator.prepare(model, opt)
+        kept = attach_l2sp(opt)
+        model.train()
+        arms[arm] = (kept, lambda m=model, o=opt, c=cfg: _optimizer_step(
+            accelerator, m, o, batches, rows, TASKS["classification"], c, lambda paths: None))
+    times = {arm: [] for arm in arms}
+    for _ in range(3):
+        for arm, (_, step) in arms.items():
+            times[arm] += _time(step, max(1, args.steps // 3), device)
+    base = statistics.median(times["L2-SP off"])
+    print(f"\nL2-SP, vlcofit loop, {len(times['L2-SP off'])} timed steps each (median)")
+    print(f"{'arm':<14} {'w0 tensors':>10} {'ms/step':>9} {'ratio':>7}")
+    for arm, (kept, _) in arms.items():
+        sec = statistics.median(times[arm])
+        print(f"{arm:<14} {kept:10d} {1000 * sec:9.1f} {sec / base:7.3f}")
 
 
 def text_tower_arms(args, mcfg: ModelConfig, tcfg: TrainConfig, accelerator, video: torch.Tensor,

@@ -164,6 +164,8 @@ def load_matching(model: nn.Module, ckpt: Path) -> list[str]:
     if not any(k.startswith("backbone.") for k in take):
         raise InputError(f"{file}: no backbone weights fit this model (another model config?)")
     model.load_state_dict(take, strict=False)
+    if hasattr(model, "mark_loaded"):  # these are the run's starting weights now
+        model.mark_loaded(take)
     skipped = sorted(set(own) - set(take))
     if skipped:
         logger.warning("%s: %d tensors not loaded (kept their initial values): %s", file,

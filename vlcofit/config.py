@@ -176,6 +176,14 @@ def _check_card(card: DatasetCard, source: Source) -> None:
             if getattr(card, key):
                 fail(source, key, f"is set, but a {card.task} dataset has no classes (its "
                                   "captions are free text): remove it")
+    if card.granularity == "coarse" and not card.coarse:
+        fail(source, "granularity", "is coarse, but the card gives no `coarse` map of its fine "
+                                    "classes to coarse groups")
+    if card.coarse_prompts and not card.coarse:
+        fail(source, "coarse_prompts", "is set without a `coarse` map")
+    if card.coarse and not task_of(card).single_label:
+        fail(source, "coarse", f"maps classes of single-label clip datasets; a {card.task} "
+                               "dataset has none to map")
     spec = card.localization
     if spec.keyframe_range and (len(spec.keyframe_range) != 2
                                 or spec.keyframe_range[0] > spec.keyframe_range[1]):

@@ -41,10 +41,10 @@ POSITIVE = Bound(0, open_low=True)
 UNIT = Bound(0, 1)
 
 # The range of every numeric field (None values, where allowed, are not checked; tuple fields:
-# each item). The dict-valued train.weights / loss_weights / step_budgets are checked per
-# dataset by vlcofit.mixture.check_mixture.
+# each item; dict fields: each value). The dict-valued train.weights / loss_weights /
+# step_budgets are checked per dataset by vlcofit.mixture.check_mixture.
 RANGES: dict[type, dict[str, Bound]] = {
-    ModelConfig: {"temporal_layers": NON_NEGATIVE},
+    ModelConfig: {"temporal_layers": NON_NEGATIVE, "reinit_last": NON_NEGATIVE},
     DatasetCard: {"num_classes": AT_LEAST_1, "num_frames": AT_LEAST_1, "frame_stride": AT_LEAST_1,
                   "test_clips": AT_LEAST_1, "min_crop_scale": Bound(0, 1, open_low=True)},
     LocalizationSpec: {"fps": POSITIVE, "first_frame_time": NON_NEGATIVE,
@@ -53,7 +53,9 @@ RANGES: dict[type, dict[str, Bound]] = {
     TrainConfig: {
         "temperature": POSITIVE, "steps": AT_LEAST_1, "batch_size": AT_LEAST_1,
         "grad_accum": AT_LEAST_1, "lr": NON_NEGATIVE, "lr_new": NON_NEGATIVE,
-        "weight_decay": NON_NEGATIVE, "warmup_steps": NON_NEGATIVE, "clip_grad": NON_NEGATIVE,
+        "weight_decay": NON_NEGATIVE, "layer_decay": Bound(0, 1, open_low=True),
+        "lr_mults": POSITIVE, "wd_mults": POSITIVE, "l2sp_mults": POSITIVE, "l2sp": NON_NEGATIVE,
+        "warmup_steps": NON_NEGATIVE, "clip_grad": NON_NEGATIVE,
         "label_smoothing": Bound(0, 1, open_high=True), "seed": NON_NEGATIVE,
         "num_workers": NON_NEGATIVE, "log_every": AT_LEAST_1, "eval_every": NON_NEGATIVE,
         "save_every": AT_LEAST_1, "keep_checkpoints": NON_NEGATIVE, "max_bad_fraction": UNIT},
@@ -93,7 +95,8 @@ def _media() -> tuple[str, ...]:
 CHOICES: dict[type, dict[str, tuple | Callable[[], tuple]]] = {
     ModelConfig: {"backbone": ("open_clip", "hf"), "temporal": ("mean", "transformer"),
                   "box_temporal": ("mean", "transformer"), "head": ("text", "linear")},
-    DatasetCard: {"task": _tasks, "sampling": ("tsn", "dense"), "test_crops": (1, 3),
+    DatasetCard: {"task": _tasks, "granularity": ("fine", "coarse"),
+                  "sampling": ("tsn", "dense"), "test_crops": (1, 3),
                   "decoder": _decoders},
     LocalizationSpec: {"media": _media, "eval_protocol": _protocols},
     TrainConfig: {"sampling": _mixture_choices("SAMPLING"),
@@ -112,6 +115,11 @@ def check_value(cls: type, name: str, value: Any, key: str, source: Source) -> N
             fail(source, key, f"must be one of {', '.join(map(str, options))}; got {value!r}")
     bound = RANGES.get(cls, {}).get(name)
     if bound is None or value is None:
+        return
+    if isinstance(value, dict):  # {name: number}: each value
+        for name, item in value.items():
+            if item not in bound:
+                fail(source, key, f"must be {bound}, got {item!r}", item=repr(name))
         return
     for i, item in enumerate(value if isinstance(value, tuple) else (value,)):
         if item not in bound:
@@ -167,7 +175,7 @@ def origin(source: Source, key: str, blame: str | None = None) -> str:
     return f"{who}: {shown}" if who.startswith("--set ") else f"{who}.{shown}"
 
 
-def fail(source: Source, key: str, problem: str, item: int | None = None) -> typing.NoReturn:
+def fail(source: Source, key: str, problem: str, item: int | str | None = None) -> typing.NoReturn:
     """``file: key problem`` or ``--set ITEM: key problem`` (``key[item]``: a list's item)."""
     who, shown = source(key)
     raise InputError(f"{who}: {shown}{'' if item is None else f'[{item}]'} {problem}")

@@ -87,9 +87,18 @@ def classification_report(name: str, scores: torch.Tensor, labels: torch.Tensor,
 
 def evaluate_classification(accelerator, model: VideoCLIP, loader, name: str, rows: torch.Tensor,
                             classes: ClassList, out_dir: Path | None = None,
-                            max_batches: int | None = None) -> dict[str, float]:
-    """Supervised evaluation of one classification dataset."""
+                            max_batches: int | None = None, coarse=None) -> dict[str, float]:
+    """Supervised evaluation of one classification dataset. ``coarse`` (a
+    :class:`vlcofit.hierarchy.Hierarchy`): also ``<name>/coarse_*``, the fine predictions
+    collapsed to coarse groups, on the same videos."""
     feats = extract_embeddings(accelerator, model, loader, max_batches, desc=f"eval {name}")
     scores = view_scores(accelerator.unwrap_model(model), feats["emb"], rows=rows)
-    return classification_report(name, scores, feats["label"], feats["valid"], classes,
-                                  out_dir if accelerator.is_main_process else None)
+    out_dir = out_dir if accelerator.is_main_process else None
+    out = classification_report(name, scores, feats["label"], feats["valid"], classes, out_dir)
+    if coarse is not None:
+        groups = classification_report(f"{name}_coarse", coarse.collapse(scores),
+                                       coarse.coarse_labels(feats["label"]), feats["valid"],
+                                       coarse.coarse, out_dir)
+        out.update({f"{name}/coarse_{k.split('/', 1)[1]}": v for k, v in groups.items()
+                    if not k.endswith("/unreadable")})
+    return out

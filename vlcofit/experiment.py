@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from .config import DatasetCard, ExperimentConfig
 from .errors import InputError
+from .hierarchy import card_classes
 from .models.backbones import Backbone
 from .models.video import VideoCLIP, build_model
 from .prompts import ClassList, LabelSpace, read_class_list, read_templates
@@ -38,12 +39,13 @@ class LabelSetup:
 
 
 def read_card_classes(card: DatasetCard) -> ClassList:
-    """The card's prompt file, checked against the card's declared class count."""
+    """The card's classes: its prompt file (checked against the card's declared class count),
+    or its coarse groups with ``granularity: coarse`` (:mod:`vlcofit.hierarchy`)."""
     classes = read_class_list(card.prompts)
     if card.num_classes is not None and card.num_classes != len(classes):
         raise InputError(f"dataset {card.name}: the card says num_classes={card.num_classes} but "
                          f"{classes.path} lists {len(classes)} classes")
-    return classes
+    return card_classes(card) if card.granularity != "fine" else classes
 
 
 def build_labels(cfg: ExperimentConfig) -> LabelSetup:

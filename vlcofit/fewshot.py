@@ -39,10 +39,11 @@ import torch
 import torch.nn.functional as F
 
 from .config import ExperimentConfig, load_experiment
-from .data.classification import VideoRecord, read_records
+from .data.classification import VideoRecord
 from .distributed import process_state
 from .errors import InputError, at
 from .experiment import build_labels, read_card_classes
+from .hierarchy import granular_records
 from .prompts import ClassList
 from .stats import STD, mean_std
 from .tasks import task_of
@@ -338,7 +339,7 @@ def few_shot(cfg: ExperimentConfig, shots: Sequence[int], seeds: Sequence[int], 
         raise InputError(f"few-shot: dataset {name} is a {card.task} dataset; K-shot splits are "
                          "drawn per class of a single-label (classification) dataset")
     classes = read_card_classes(card)
-    records = read_records(card, "train", classes)
+    records = granular_records(card, "train", classes)
     metric = f"{cfg.eval_datasets[0]}/top1"
     out.mkdir(parents=True, exist_ok=True)
     source = f"dataset {name} ({card.split_file('train')})"

@@ -15,6 +15,7 @@ KINDS = {
     "prompts": ("prompts", ".txt"),
     "templates": ("prompts/templates", ".txt"),
     "splits": ("prompts/splits", ".txt"),
+    "hierarchies": ("prompts/hierarchies", ".tsv"),  # coarse <-> fine maps (vlcofit.hierarchy)
     "datasets": ("configs/datasets", ".yaml"),
     "experiments": ("configs/experiments", ".yaml"),
     "models": ("configs/models", ".json"),

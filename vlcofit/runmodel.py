@@ -83,8 +83,11 @@ def model_from_run(path: str | Path, model_cfg: ModelConfig, explicit: Sequence[
     if replaced:
         logger.warning("%s: using the run's %s instead of the config's", path,
                        ", ".join(f"model.{k}={getattr(run_model, k)!r}" for k in replaced))
+    # the run's re-initialised blocks are trained weights now: not re-initialised again
     return dataclasses.replace(run_model, init_from=str(ckpt), train_text=model_cfg.train_text
-                               if "train_text" in explicit else run_model.train_text)
+                               if "train_text" in explicit else run_model.train_text,
+                               reinit_last=model_cfg.reinit_last if "reinit_last" in explicit
+                               else 0)
 
 
 def set_model_keys(overrides: Sequence[str]) -> list[str]:

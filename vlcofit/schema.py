@@ -53,6 +53,12 @@ class DatasetCard:
     prompts: str = ""
     # template file: shipped name (prompts/templates/<name>.txt) or path; unused by captions
     templates: str = "text4vis"
+    # coarse <-> fine (vlcofit.hierarchy): a file mapping each fine class (of `prompts`) to a
+    # coarse group name ("fine<TAB>coarse" lines or a fine,coarse CSV); optional
+    # `coarse_prompts` lists the group names (else: the map's, in first-seen order)
+    coarse: str | None = None
+    coarse_prompts: str | None = None
+    granularity: str = "fine"  # fine | coarse: train and evaluate these videos at either level
     num_classes: int | None = None  # if set, must equal the prompt file's class count
     num_frames: int = 8
     sampling: str = "tsn"  # tsn (one frame per segment) | dense (consecutive frames, stride)
@@ -94,6 +100,9 @@ class ModelConfig:
     # A vlcofit checkpoint or run folder to start from (e.g. few-shot from a co-finetuned model):
     # every tensor whose name and shape match is loaded; label-space-sized ones are skipped.
     init_from: str | None = None
+    # Re-initialise the last N image-tower blocks (the architecture's own init) after loading
+    # the starting weights; they then train as new parameters (Plested et al. 2021).
+    reinit_last: int = 0
 
 
 @dataclass(frozen=True)
@@ -117,6 +126,21 @@ class TrainConfig:
     lr: float = 1e-5  # pretrained (CLIP) parameters
     lr_new: float = 1e-3  # new parameters: temporal module, heads, logit scale
     weight_decay: float = 0.05
+    # Non-binary transfer (Plested et al. 2021), resolved by vlcofit.optim into param_groups.json.
+    # Layer decay: lr at depth d = lr * layer_decay^(L+1-d) (embeddings 0, block i: i+1, final
+    # norm / projection and everything outside the backbone L+1); 1: off.
+    layer_decay: float = 1.0
+    # {regex: factor} over parameter names (re.search; the first matching regex wins; one that
+    # matches no trainable parameter is an error): on the lr, the weight decay, the L2-SP alpha.
+    lr_mults: dict[str, float] = field(default_factory=dict)
+    wd_mults: dict[str, float] = field(default_factory=dict)
+    l2sp_mults: dict[str, float] = field(default_factory=dict)
+    # L2-SP alpha: each step w <- w - lr*alpha*(w - w0) for transferred weights (w0: the starting
+    # weights), decoupled, beside weight_decay's w <- w - lr*wd*w. 0: off.
+    l2sp: float = 0.0
+    # Frozen (requires_grad=False, not in the optimizer): "image:N" / "text:N" (the tower's
+    # embeddings and first N blocks) or regexes over parameter names.
+    freeze: tuple[str, ...] = ()
     warmup_steps: int = 100
     clip_grad: float | None = 1.0
     label_smoothing: float = 0.0

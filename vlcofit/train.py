@@ -22,7 +22,8 @@ from .bad_videos import BadVideos
 from .config import ExperimentConfig, save_experiment
 from .errors import InputError
 from .experiment import build_dataset, build_labels, build_loader, build_video_model
-from .optim import build_optimizer, build_scheduler
+from .optim import (apply_freeze, apply_l2sp, attach_l2sp, build_optimizer, build_scheduler,
+                    format_table, group_table)
 from .resume import check_resume_config
 from .runmodel import run_dir_of
 from .runinfo import MetricsLog, finish_run_json, plot_learning_curves, write_run_json
@@ -154,13 +155,21 @@ def train(cfg: ExperimentConfig, resume: str | None = None) -> dict[str, float]:
     labels = build_labels(cfg)
     set_seed(t.seed)  # same initial weights on every process
     model = build_video_model(cfg, labels)
-    if cfg.model.init_from and resume_from is None:
+    # The starting weights, on resume too (the checkpoint then overwrites them): they decide
+    # which parameters are new, and are L2-SP's w0.
+    if cfg.model.init_from:
         checkpoint.load_matching(model, checkpoint.resolve(cfg.model.init_from))
+    if cfg.model.reinit_last:
+        model.reinit_last(cfg.model.reinit_last)
+    apply_freeze(model, t.freeze)
     find_unused = freeze_unused(model, [task_of(cfg.datasets[n]) for n in t.datasets])
     accelerator = make_accelerator(cfg, run_dir, find_unused)
     data = _build_data(cfg, labels, model.backbone)
     optimizer = build_optimizer(model, model.new_parameter_names(), t)
+    groups = group_table(model, optimizer)
+    logger.info("parameter groups:\n%s", format_table(groups))
     model, optimizer = accelerator.prepare(model, optimizer)
+    attach_l2sp(optimizer)  # w0: the starting weights, on the device, before any step or resume
     loaders = {n: accelerator.prepare(dl) for n, dl in data.loaders.items()}
     eval_loaders = {n: accelerator.prepare(dl) for n, dl in data.eval_loaders.items()}
     step = int(state["step"])
@@ -169,6 +178,7 @@ def train(cfg: ExperimentConfig, resume: str | None = None) -> dict[str, float]:
         checkpoint.load(accelerator, model, optimizer, scheduler, resume_from)
     if accelerator.is_main_process:
         _start_records(run_dir, accelerator, cfg, labels, data.mix, resume_from is not None)
+        (run_dir / "param_groups.json").write_text(json.dumps(groups, indent=1))
     accelerator.init_trackers("tensorboard")
     loop = _Loop(cfg, accelerator, model, labels, eval_loaders, run_dir,
                  MetricsLog(run_dir / "metrics.jsonl", resume_step=step if resume_from else None)
@@ -316,6 +326,7 @@ def _optimizer_step(accelerator, model, optimizer, batches, rows: torch.Tensor, 
         for g in optimizer.param_groups:
             g["lr"] = g["lr"] * loss_weight
     optimizer.step()
+    apply_l2sp(optimizer)  # decoupled, at this step's (loss-weighted) lr
     for g, lr in zip(optimizer.param_groups, lrs):
         g["lr"] = lr
     optimizer.zero_grad(set_to_none=True)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,11 +27,26 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+@dataclass(frozen=True)
+class TowerDepth:
+    """How one tower's parameter names map to depth: ``embed`` (names or module prefixes) at 0,
+    block i (``block``: a regex whose group 1 is i) at i + 1, ``head`` at L + 1."""
+    embed: tuple[str, ...]
+    block: str
+    head: tuple[str, ...]
+
+
+def _under(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
 class Backbone(nn.Module):
-    """Interface: image tower per frame, text tower, tokenizer, preprocessing constants.
+    """Interface: image tower per frame, text tower, tokenizer, preprocessing constants, and
+    each parameter's depth (``towers``: for layer decay, freezing and re-initialising blocks).
 
     Attributes: ``embed_dim`` (joint space), ``width`` (patch-token channels), ``image_size``,
-    ``patch_size``, ``mean``/``std`` (RGB, for inputs scaled to [0, 1]), ``logit_scale_init``.
+    ``patch_size``, ``mean``/``std`` (RGB, for inputs scaled to [0, 1]), ``logit_scale_init``,
+    ``pretrained`` (whether the weights were loaded from a tag, file or folder, not random).
     """
     embed_dim: int
     width: int
@@ -38,6 +55,50 @@ class Backbone(nn.Module):
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     logit_scale_init: float
+    pretrained: bool = False
+    towers: dict[str, TowerDepth] = {}  # "image" / "text" -> its depth map (names in this module)
+    embeddings: tuple[str, ...] = ()  # position / class / token embedding tensors (no decay)
+
+    def depth_of(self, name: str) -> tuple[str, int] | None:
+        """A parameter name (within this module) -> (tower, depth in 0..L+1); None: no tower
+        declares it (e.g. a timm or HF text tower inside open_clip)."""
+        for tower, spec in self.towers.items():
+            found = re.match(spec.block, name)
+            if found:
+                return tower, int(found.group(1)) + 1
+            if _under(name, spec.embed):
+                return tower, 0
+            if _under(name, spec.head):
+                return tower, self.num_layers(tower) + 1
+        return None
+
+    def num_layers(self, tower: str) -> int:
+        """L: the transformer blocks of ``tower`` ("image" or "text")."""
+        raise NotImplementedError
+
+    def is_embedding(self, name: str) -> bool:
+        return name in self.embeddings
+
+    def reinit_last(self, n: int) -> list[str]:
+        """Re-initialise the last ``n`` image-tower blocks as the architecture initialises them;
+        returns the names (within this module) of the re-initialised parameters."""
+        depths = {("image", d) for d in range(self.num_layers("image") - n + 1,
+                                              self.num_layers("image") + 1)}  # block i: i + 1
+        names = [k for k, _ in self.named_parameters() if self.depth_of(k) in depths]
+        with torch.no_grad():
+            for block in self._image_blocks()[len(self._image_blocks()) - n:]:
+                self._init_block(block)
+        return names
+
+    def _image_blocks(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def _init_block(self, block: nn.Module) -> None:
+        """PyTorch's own init, children before parents (as construction runs them)."""
+        for m in reversed(list(block.modules())):
+            reset = getattr(m, "reset_parameters", None) or getattr(m, "_reset_parameters", None)
+            if reset is not None:
+                reset()
 
     def encode_frames(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[N, 3, H, W] -> (pooled embedding [N, E], patch tokens [N, h*w, width])."""
@@ -59,8 +120,22 @@ class Backbone(nn.Module):
 # --------------------------------------------------------------------------- open_clip
 
 class OpenCLIPBackbone(Backbone):
-    def __init__(self, model: nn.Module, tokenizer, image_mean, image_std):
+    towers = {
+        "image": TowerDepth(("clip.visual.conv1", "clip.visual.class_embedding",
+                             "clip.visual.positional_embedding", "clip.visual.ln_pre"),
+                            r"clip\.visual\.transformer\.resblocks\.(\d+)\.",
+                            ("clip.visual.ln_post", "clip.visual.proj")),
+        "text": TowerDepth(("clip.token_embedding", "clip.positional_embedding"),
+                           r"clip\.transformer\.resblocks\.(\d+)\.",
+                           ("clip.ln_final", "clip.text_projection")),
+    }
+    embeddings = ("clip.visual.class_embedding", "clip.visual.positional_embedding",
+                  "clip.positional_embedding", "clip.token_embedding.weight")
+
+    def __init__(self, model: nn.Module, tokenizer, image_mean, image_std,
+                 pretrained: bool = False):
         super().__init__()
+        self.pretrained = pretrained
         self.clip = model
         self.tokenizer = tokenizer
         visual = model.visual
@@ -87,6 +162,16 @@ class OpenCLIPBackbone(Backbone):
 
     def text_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.clip.named_parameters() if not n.startswith("visual.")]
+
+    def num_layers(self, tower: str) -> int:
+        blocks = getattr(self.clip.visual if tower == "image" else self.clip, "transformer", None)
+        if not hasattr(blocks, "resblocks"):  # a timm image tower, an HF text tower
+            raise InputError(f"the {tower} tower of this open_clip model is not open_clip's own "
+                             f"transformer: OpenCLIPBackbone.towers declares no depths for it")
+        return len(blocks.resblocks)
+
+    def _image_blocks(self) -> list[nn.Module]:
+        return list(self.clip.visual.transformer.resblocks)
 
 
 def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
@@ -152,14 +237,30 @@ def _build_open_clip(cfg: ModelConfig) -> Backbone:
     tokenizer = open_clip.get_tokenizer(name)
     normalize = [t for t in getattr(preprocess, "transforms", []) if hasattr(t, "mean")]
     mean, std = (normalize[-1].mean, normalize[-1].std) if normalize else (OPENAI_MEAN, OPENAI_STD)
-    return OpenCLIPBackbone(model, tokenizer, mean, std)
+    loaded = bool(pretrained) or name.startswith(("hf-hub:", "local-dir:"))
+    return OpenCLIPBackbone(model, tokenizer, mean, std, pretrained=loaded)
 
 
 # --------------------------------------------------------------------------- transformers
 
 class HFCLIPBackbone(Backbone):
-    def __init__(self, model: nn.Module, tokenizer, image_mean, image_std):
+    towers = {
+        "image": TowerDepth(("clip.vision_model.embeddings", "clip.vision_model.pre_layrnorm"),
+                            r"clip\.vision_model\.encoder\.layers\.(\d+)\.",
+                            ("clip.vision_model.post_layernorm", "clip.visual_projection")),
+        "text": TowerDepth(("clip.text_model.embeddings",),
+                           r"clip\.text_model\.encoder\.layers\.(\d+)\.",
+                           ("clip.text_model.final_layer_norm", "clip.text_projection")),
+    }
+    embeddings = ("clip.vision_model.embeddings.class_embedding",
+                  "clip.vision_model.embeddings.position_embedding.weight",
+                  "clip.text_model.embeddings.position_embedding.weight",
+                  "clip.text_model.embeddings.token_embedding.weight")
+
+    def __init__(self, model: nn.Module, tokenizer, image_mean, image_std,
+                 pretrained: bool = False):
         super().__init__()
+        self.pretrained = pretrained
         self.clip = model
         self.tokenizer = tokenizer
         vcfg = model.config.vision_config
@@ -194,6 +295,21 @@ class HFCLIPBackbone(Backbone):
 
     def text_parameters(self) -> list[nn.Parameter]:
         return list(self.clip.text_model.parameters()) + list(self.clip.text_projection.parameters())
+
+    def num_layers(self, tower: str) -> int:
+        model = self.clip.vision_model if tower == "image" else self.clip.text_model
+        return len(model.encoder.layers)
+
+    def _image_blocks(self) -> list[nn.Module]:
+        return list(self.clip.vision_model.encoder.layers)
+
+    def _init_block(self, block: nn.Module) -> None:
+        """transformers' own init of CLIP (``_init_weights``), module by module."""
+        for m in block.modules():
+            for p in m.parameters(recurse=False):
+                if getattr(p, "_is_hf_initialized", False):
+                    p._is_hf_initialized = False  # else transformers' init skips loaded tensors
+            self.clip._init_weights(m)
 
 
 def _build_hf(cfg: ModelConfig) -> Backbone:
@@ -237,7 +353,7 @@ def _build_hf(cfg: ModelConfig) -> Backbone:
         tokenizer = open_clip.get_tokenizer(
             "ViT-B-32", context_length=model.config.text_config.max_position_embeddings)
     mean, std = _hf_image_stats(source, cfg.cache_dir)
-    return HFCLIPBackbone(model, tokenizer, mean, std)
+    return HFCLIPBackbone(model, tokenizer, mean, std, pretrained=True)
 
 
 def _hf_image_stats(source: str, cache_dir: str | None) -> tuple:

@@ -52,12 +52,40 @@ class VideoCLIP(nn.Module):
         self._tokens: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._draws: torch.Generator | None = None  # see seed_text_draws
         self.register_load_state_dict_post_hook(_clamp_after_load)
+        # Where each parameter's starting value came from, recorded where weights are loaded:
+        # the backbone is the base model (``train.lr``) even when randomly initialised (tests,
+        # training from scratch), but only weights read from a tag, file or folder (or from
+        # ``model.init_from``: :func:`vlcofit.checkpoint.load_matching`) are transferred (L2-SP).
+        self.base_names = {f"backbone.{n}" for n, _ in backbone.named_parameters()}
+        self.loaded_names = set(self.base_names) if backbone.pretrained else set()
 
     # ------------------------------------------------------------------ parameters
 
     def new_parameter_names(self) -> set[str]:
-        """Parameters not from the pretrained CLIP: they get ``train.lr_new``."""
-        return {n for n, _ in self.named_parameters() if not n.startswith("backbone.")}
+        """Parameters not from the starting weights: they get ``train.lr_new``."""
+        return {n for n, _ in self.named_parameters() if n not in self.base_names}
+
+    def mark_loaded(self, names) -> None:
+        """Tensors ``names`` now hold loaded starting weights (``model.init_from``)."""
+        own = {n for n, _ in self.named_parameters()} & set(names)
+        self.base_names |= own
+        self.loaded_names |= own
+
+    def reinit_last(self, n: int) -> list[str]:
+        """``model.reinit_last``: re-initialise the last ``n`` image-tower blocks (they become new
+        parameters); returns their names."""
+        from ..errors import InputError
+        if not self.loaded_names:
+            raise InputError(f"model.reinit_last={n}: the model has no pretrained start (random-init "
+                             f"backbone, no model.pretrained / init_from): nothing to re-initialise from")
+        layers = self.backbone.num_layers("image")
+        if n > layers:
+            raise InputError(f"model.reinit_last={n}: the image tower has only {layers} blocks")
+        names = [f"backbone.{k}" for k in self.backbone.reinit_last(n)]
+        self.base_names -= set(names)
+        self.loaded_names -= set(names)
+        logger.info("re-initialised the last %d image-tower blocks (%d tensors)", n, len(names))
+        return names
 
     def clamp_logit_scales(self) -> None:
         """Clamp every logit scale in place into its range; call after each optimizer step.

@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from ..config import DatasetCard, TrainConfig
-from ..data.classification import ClassificationDataset, collate, read_records
+from ..data.classification import ClassificationDataset, collate
 from ..data.transforms import build_transform
 from ..evaluate import evaluate_classification
+from ..hierarchy import coarse_view, granular_records
 from ..models.backbones import Backbone
 from ..prompts import ClassList
 from .base import encoder_parameters, parameters_under
@@ -33,7 +34,7 @@ class ClassificationTask:
 
     def dataset(self, card: DatasetCard, split: str, classes: ClassList, backbone: Backbone,
                 train: bool, seed: int) -> ClassificationDataset:
-        return ClassificationDataset(read_records(card, split, classes), card,
+        return ClassificationDataset(granular_records(card, split, classes), card,
                                      clip_transform(card, backbone, train), train=train,
                                      seed=seed)
 
@@ -45,7 +46,8 @@ class ClassificationTask:
                  classes: ClassList, split: str, out_dir: Path | None,
                  max_batches: int | None) -> dict[str, float]:
         return evaluate_classification(accelerator, model, loader, card.name, rows, classes,
-                                       out_dir=out_dir, max_batches=max_batches)
+                                       out_dir=out_dir, max_batches=max_batches,
+                                       coarse=coarse_view(card))
 
 
 def clip_transform(card: DatasetCard, backbone: Backbone, train: bool):

@@ -1,0 +1,118 @@
+"""Coarse <-> fine label hierarchies (Mahdisoltani et al. 2018: task granularity).
+
+A card's ``coarse`` file (a path, or a shipped name: ``prompts/hierarchies/<name>.tsv``) maps each fine class (of the card's ``prompts``) to a coarse group:
+``fine name<TAB>coarse name`` lines, or a ``fine,coarse`` CSV (an optional ``fine,coarse``
+header; the coarse name is everything after the last comma, so fine names may hold commas).
+Names match as class names do everywhere (:func:`vlcofit.prompts.canonical_name`). The coarse
+classes are ``coarse_prompts`` (a prompt file of the group names) when the card gives one, else
+the map's group names in first-seen order; either way they are prompts of their own, embedded by
+the text tower like any class name.
+
+``granularity: coarse`` trains (and evaluates) the same videos at the coarse level: the
+annotation still names fine classes, each record takes its group's label. A fine model also
+reports coarse accuracy on the same videos, its fine predictions collapsed through the map
+(P(group) = sum of P(fine class) over the group's classes).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from .errors import InputError, at
+from .prompts import ClassList, _read_lines, canonical_name, read_class_list
+from .resources import find
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """``fine_to_coarse[i]``: the coarse class index of fine class i."""
+    fine: ClassList
+    coarse: ClassList
+    fine_to_coarse: tuple[int, ...]
+
+    def collapse(self, scores: torch.Tensor) -> torch.Tensor:
+        """Fine class probabilities [N, F] -> coarse group probabilities [N, G] (sums)."""
+        index = torch.tensor(self.fine_to_coarse, dtype=torch.long)
+        out = scores.new_zeros(scores.shape[0], len(self.coarse))
+        return out.index_add_(1, index, scores)
+
+    def coarse_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """Fine labels [N] -> coarse labels [N]."""
+        return torch.tensor(self.fine_to_coarse, dtype=torch.long)[labels]
+
+
+def _split(text: str, where: str) -> tuple[str, str]:
+    fine, sep, coarse = text.partition("\t") if "\t" in text else text.rpartition(",")
+    if not sep or not fine.strip() or not coarse.strip():
+        raise InputError(f"{where}: expected 'fine name<TAB>coarse name' (or fine,coarse), "
+                         f"got {text!r}")
+    return fine.strip(), coarse.strip()
+
+
+def _map_lines(path) -> list[tuple[str, str, str]]:
+    """(where, fine name, coarse name) of every mapping line; a fine,coarse header skipped."""
+    out = []
+    for number, text in _read_lines(path):
+        fine, coarse = _split(text, at(path, number))
+        if number == 1 and (fine.lower(), coarse.lower()) == ("fine", "coarse"):
+            continue
+        out.append((at(path, number), fine, coarse))
+    return out
+
+
+def _coarse_list(card, pairs: list[tuple[str, str, str]], path) -> ClassList:
+    if card.coarse_prompts:
+        return read_class_list(card.coarse_prompts)
+    names = list(dict.fromkeys(coarse for _, _, coarse in pairs))
+    return ClassList.from_names(names, f"{path} (coarse groups)")
+
+
+def read_hierarchy(card) -> Hierarchy:
+    """The card's fine -> coarse map; unknown names (either side), a fine class mapped twice
+    to different groups, or fine classes left unmapped are InputErrors naming file and line."""
+    path = find("hierarchies", card.coarse)
+    fine = read_class_list(card.prompts)
+    pairs = _map_lines(path)
+    coarse = _coarse_list(card, pairs, path)
+    fine_index = {canonical_name(n): i for i, n in enumerate(fine.names)}
+    coarse_index = {canonical_name(n): i for i, n in enumerate(coarse.names)}
+    mapping: dict[int, int] = {}
+    for where, f, c in pairs:
+        if canonical_name(f) not in fine_index:
+            raise InputError(f"{where}: {f!r} is not a class of {fine.path}")
+        if canonical_name(c) not in coarse_index:
+            raise InputError(f"{where}: {c!r} is not a coarse group of {coarse.path}")
+        i, g = fine_index[canonical_name(f)], coarse_index[canonical_name(c)]
+        if mapping.get(i, g) != g:
+            raise InputError(f"{where}: {f!r} is already mapped to "
+                             f"{coarse.names[mapping[i]]!r}")
+        mapping[i] = g
+    unmapped = [fine.names[i] for i in range(len(fine)) if i not in mapping]
+    if unmapped:
+        raise InputError(f"{path}: maps no coarse group for {len(unmapped)} fine class(es) of "
+                         f"{fine.path}, e.g. {', '.join(map(repr, unmapped[:3]))}")
+    return Hierarchy(fine, coarse, tuple(mapping[i] for i in range(len(fine))))
+
+
+def card_classes(card) -> ClassList:
+    """The classes the card trains and evaluates: its prompt file, or its coarse groups."""
+    return read_hierarchy(card).coarse if card.granularity == "coarse" else \
+        read_class_list(card.prompts)
+
+
+def granular_records(card, split: str, classes: ClassList) -> list:
+    """The split's records labelled at the card's granularity (``classes``: its classes, from
+    :func:`card_classes`); the annotation names fine classes either way."""
+    from .data.classification import read_records
+    if card.granularity == "fine":
+        return read_records(card, split, classes)
+    h = read_hierarchy(card)
+    return [dataclasses.replace(r, label=h.fine_to_coarse[r.label])
+            for r in read_records(card, split, h.fine)]
+
+
+def coarse_view(card) -> Hierarchy | None:
+    """The map a fine model's evaluation also reports coarse accuracy through (None: none)."""
+    return read_hierarchy(card) if card.coarse and card.granularity == "fine" else None
