@@ -238,23 +238,26 @@ def test_two_process_loss_and_gradients_equal_one_process(tmp_path, launch_two):
 
 # 5 captions of 3 videos (0, 0, 1, 2, 2); rows: captions, columns: videos
 SIM = torch.tensor([[0.9, 0.1, 0.2],   # c0 -> v0: rank 1
-                    [0.5, 0.5, 0.7],   # c1 -> v0: v1 ties (not counted), v2 better: rank 2
-                    [0.3, 0.3, 0.3],   # c2 -> v1: all tied: rank 1
+                    [0.5, 0.5, 0.7],   # c1 -> v0: v1 ties (counts against), v2 better: rank 3
+                    [0.3, 0.3, 0.3],   # c2 -> v1: all tied: rank 3 (last)
                     [0.9, 0.6, 0.4],   # c3 -> v2: rank 3
-                    [0.1, 0.9, 0.2]])  # c4 -> v2: rank 2
+                    [0.1, 0.9, 0.2]])  # c4 -> v2: v0 below, v1 above: rank 2
 VIDEO_OF = torch.tensor([0, 0, 1, 2, 2])
 
 
 def test_retrieval_metrics_on_a_hand_made_matrix():
-    assert t2v_ranks(SIM, VIDEO_OF).tolist() == [1, 2, 1, 3, 2]
-    # v0: best own caption 0.9 (c0), c3 ties it: rank 1; v1: own c2 = 0.3, three better: 4;
-    # v2: best own 0.4 (c3), c1 (0.7) better: 2
-    assert v2t_ranks(SIM, VIDEO_OF).tolist() == [1, 4, 2]
+    assert t2v_ranks(SIM, VIDEO_OF).tolist() == [1, 3, 3, 3, 2]
+    # v0: best own caption 0.9 (c0), c3 (another video's) ties it: rank 2; v1: own c2 = 0.3,
+    # three others above: 4; v2: best own 0.4 (c3), c1 (0.7) above: 2
+    assert v2t_ranks(SIM, VIDEO_OF).tolist() == [2, 4, 2]
     m = retrieval_metrics(SIM, VIDEO_OF)
-    assert m["t2v_R1"] == pytest.approx(40.0) and m["t2v_R5"] == m["t2v_R10"] == 100.0
-    assert m["t2v_MdR"] == 2.0 and m["t2v_MnR"] == pytest.approx(1.8)
-    assert m["v2t_R1"] == pytest.approx(100 / 3) and m["v2t_MdR"] == 2.0
-    assert m["v2t_MnR"] == pytest.approx(7 / 3)
+    assert m["t2v_R1"] == pytest.approx(20.0) and m["t2v_R5"] == m["t2v_R10"] == 100.0
+    assert m["t2v_MdR"] == 3.0 and m["t2v_MnR"] == pytest.approx(2.4)
+    assert m["v2t_R1"] == 0.0 and m["v2t_MdR"] == 2.0
+    assert m["v2t_MnR"] == pytest.approx(8 / 3)
+    # a model that scores everything alike ranks every answer last
+    flat = retrieval_metrics(torch.zeros(5, 3), VIDEO_OF)
+    assert flat["t2v_R1"] == 0.0 and flat["t2v_MnR"] == 3.0
     # the tie rule makes ranks independent of the order of captions and videos
     qp, vp = torch.tensor([3, 0, 4, 2, 1]), torch.tensor([2, 0, 1])
     inverse = torch.argsort(vp)

@@ -57,14 +57,16 @@ def test_unknown_coarse_group(tmp_path):
         read_hierarchy(card)
 
 
-def test_collapse_sums_each_group():
+def test_collapse_takes_each_groups_best_class():
     h = read_hierarchy(DatasetCard(name="demo", prompts="demo", coarse="demo"))
-    scores = torch.tensor([[0.1, 0.2, 0.3, 0.0, 0.1, 0.1, 0.1, 0.1]])
-    torch.testing.assert_close(h.collapse(scores), torch.tensor([[0.3, 0.3, 0.2, 0.2]]))
+    # the top fine class (0.28, group 0) beats two middling classes of group 3 (0.25 + 0.24)
+    scores = torch.tensor([[0.28, 0.0, 0.1, 0.0, 0.03, 0.1, 0.25, 0.24]])
+    torch.testing.assert_close(h.collapse(scores), torch.tensor([[0.28, 0.1, 0.1, 0.25]]))
+    assert int(h.collapse(scores).argmax()) == h.fine_to_coarse[int(scores.argmax())]
     assert h.coarse_labels(torch.tensor([7, 2, 0])).tolist() == [3, 1, 0]
 
 
-def test_granularity_needs_a_map(tmp_path):
+def test_granularity_needs_a_map():
     with pytest.raises(InputError, match=r"--set datasets.demo.granularity=coarse: .*granularity "
                                          r"is coarse, but the card gives no `coarse` map"):
         load_experiment("demo", ["datasets.demo.granularity=coarse"])
@@ -108,3 +110,23 @@ def test_a_fine_model_also_reports_coarse_accuracy(data, tmp_path):
 def test_a_map_only_for_single_label_datasets():
     with pytest.raises(InputError, match=r"datasets.demo_ava.coarse maps classes of single-label"):
         load_experiment("demo_ava", ["datasets.demo_ava.coarse=demo"])
+
+
+def test_a_bad_map_fails_before_training(data, tmp_path):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("moving left\tsideways\nflying\tup\n")
+    with pytest.raises(InputError, match=r"bad.tsv:2: 'flying' is not a class"):
+        build_labels(_cfg(data, tmp_path / "r", f"datasets.demo.coarse={bad}"))
+
+
+def test_zero_shot_and_few_shot_of_a_coarse_card(data, tmp_path):
+    from vlcofit.fewshot import few_shot
+    from vlcofit.zeroshot import resolve_card
+    cfg = _cfg(data, tmp_path / "c", "datasets.demo.granularity=coarse")
+    with pytest.raises(InputError, match="granularity: coarse; K-shot splits are drawn per fine"):
+        few_shot(cfg, [1], [0], tmp_path / "fs")
+    path = tmp_path / "card.yaml"
+    path.write_text(f"name: demo\nprompts: demo\nroot: {data}\ntrain: train.csv\nval: val.csv\n"
+                    "coarse: demo\ngranularity: coarse\n")
+    card = resolve_card(str(path), "demo", None, 8)
+    assert card.granularity == "fine" and card.coarse is None  # labels read against --prompts

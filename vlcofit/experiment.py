@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from .config import DatasetCard, ExperimentConfig
 from .errors import InputError
-from .hierarchy import card_classes
+from .hierarchy import read_hierarchy
 from .models.backbones import Backbone
 from .models.video import VideoCLIP, build_model
 from .prompts import ClassList, LabelSpace, read_class_list, read_templates
@@ -45,7 +45,10 @@ def read_card_classes(card: DatasetCard) -> ClassList:
     if card.num_classes is not None and card.num_classes != len(classes):
         raise InputError(f"dataset {card.name}: the card says num_classes={card.num_classes} but "
                          f"{classes.path} lists {len(classes)} classes")
-    return card_classes(card) if card.granularity != "fine" else classes
+    if card.coarse:  # read, and so checked, before training, not at the first evaluation
+        hierarchy = read_hierarchy(card)
+        return hierarchy.coarse if card.granularity == "coarse" else classes
+    return classes
 
 
 def build_labels(cfg: ExperimentConfig) -> LabelSetup:

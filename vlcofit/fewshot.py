@@ -335,6 +335,9 @@ def few_shot(cfg: ExperimentConfig, shots: Sequence[int], seeds: Sequence[int], 
         raise InputError("few-shot: train.datasets must name exactly one dataset")
     name = cfg.train.datasets[0]
     card = cfg.datasets[name]
+    if card.granularity != "fine":
+        raise InputError(f"few-shot: dataset {name} has granularity: {card.granularity}; K-shot "
+                         "splits are drawn per fine class (set granularity: fine)")
     if not task_of(card).single_label:
         raise InputError(f"few-shot: dataset {name} is a {card.task} dataset; K-shot splits are "
                          "drawn per class of a single-label (classification) dataset")

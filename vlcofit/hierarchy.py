@@ -11,7 +11,7 @@ the text tower like any class name.
 ``granularity: coarse`` trains (and evaluates) the same videos at the coarse level: the
 annotation still names fine classes, each record takes its group's label. A fine model also
 reports coarse accuracy on the same videos, its fine predictions collapsed through the map
-(P(group) = sum of P(fine class) over the group's classes).
+(a group scores as its best fine class, so the predicted group is the top fine class's).
 """
 from __future__ import annotations
 
@@ -33,10 +33,12 @@ class Hierarchy:
     fine_to_coarse: tuple[int, ...]
 
     def collapse(self, scores: torch.Tensor) -> torch.Tensor:
-        """Fine class probabilities [N, F] -> coarse group probabilities [N, G] (sums)."""
-        index = torch.tensor(self.fine_to_coarse, dtype=torch.long)
-        out = scores.new_zeros(scores.shape[0], len(self.coarse))
-        return out.index_add_(1, index, scores)
+        """Fine class scores [N, F] -> group scores [N, G]: each group's best fine class, so
+        the top group is the group of the top fine prediction (the fine predictions collapsed
+        through the map; a sum would let two middling classes outvote the best one)."""
+        index = torch.tensor(self.fine_to_coarse, dtype=torch.long).expand_as(scores)
+        out = scores.new_full((scores.shape[0], len(self.coarse)), float("-inf"))
+        return out.scatter_reduce(1, index, scores, "amax")
 
     def coarse_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """Fine labels [N] -> coarse labels [N]."""
@@ -96,15 +98,10 @@ def read_hierarchy(card) -> Hierarchy:
     return Hierarchy(fine, coarse, tuple(mapping[i] for i in range(len(fine))))
 
 
-def card_classes(card) -> ClassList:
-    """The classes the card trains and evaluates: its prompt file, or its coarse groups."""
-    return read_hierarchy(card).coarse if card.granularity == "coarse" else \
-        read_class_list(card.prompts)
-
-
 def granular_records(card, split: str, classes: ClassList) -> list:
     """The split's records labelled at the card's granularity (``classes``: its classes, from
-    :func:`card_classes`); the annotation names fine classes either way."""
+    :func:`vlcofit.experiment.read_card_classes`); the annotation names fine classes either
+    way."""
     from .data.classification import read_records
     if card.granularity == "fine":
         return read_records(card, split, classes)

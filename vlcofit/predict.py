@@ -124,7 +124,9 @@ def _text(predictor: Predictor, labels: str | None, templates: str | None
             raise InputError("--labels: give a label file (one class name per line)")
         if templates is None:
             return predictor.classes, None
-        labels = predictor.classes.path
+        if model.linear is None:  # the run's own classes (maybe coarse groups: no file)
+            return predictor.classes, model.embed_texts(predictor.classes.names,
+                                                        read_templates(templates))
     if model.linear is not None:
         raise InputError("--labels: this checkpoint has a linear head (model.head: linear), which "
                          "can only score its own training classes; leave out --labels")

@@ -218,7 +218,9 @@ def resolve_card(data: str, prompts: str, templates: str | None, num_frames: int
         if not task_of(card).has_classes:  # e.g. captions: scored by `vlcofit eval` (retrieval)
             raise InputError(f"--data {data}: a {card.task} dataset has no classes to score "
                              "zero-shot; evaluate it with `vlcofit eval`")
-        return dataclasses.replace(card, prompts=prompts, templates=templates or card.templates)
+        # the videos' labels are read against --prompts, at the fine level the annotation names
+        return dataclasses.replace(card, prompts=prompts, templates=templates or card.templates,
+                                   granularity="fine", coarse=None, coarse_prompts=None)
     return manifest_card(data, num_frames, prompts, templates or "text4vis")
 
 

@@ -74,7 +74,7 @@ def read_caption_csv(card: DatasetCard, split: str) -> list[CaptionRecord]:
     rows: list[tuple[Path, str, str]] = []
     for number, text in _lines(path):
         row = next(csv.reader([text]))  # cells unstripped: an unquoted ", " stays in the caption
-        if not rows and number == 1 and [c.strip().lower() for c in row] == ["path", "caption"]:
+        if not rows and [c.strip().lower() for c in row] == ["path", "caption"]:  # the header
             continue
         where = at(path, number)
         if len(row) < 2 or not row[0].strip():

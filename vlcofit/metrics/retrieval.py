@@ -4,10 +4,11 @@ Every caption is a text->video query whose one correct video is the video it des
 video is a video->text query whose correct answers are all of its captions (the best-ranked one
 counts, as for COCO image->text with five captions per image).
 
-Tie rule: rank = 1 + the number of candidates scored STRICTLY higher than the correct one (for
-video->text: than the best-scored correct caption). Equal scores never push the correct answer
-down, and the rank does not depend on the order of the candidates (``argsort``-based code
-breaks ties by position, so its numbers change when the gallery is shuffled).
+Tie rule: rank = 1 + the number of WRONG candidates scored at least as high as the correct one
+(for video->text: as its best-scored caption). A tie counts against the answer, so a model that
+gives everything the same score ranks last, never first; and the rank does not depend on the
+order of the candidates (``argsort``-based code breaks ties by position, so its numbers change
+when the gallery is shuffled).
 
 Metrics (``t2v_`` and ``v2t_`` prefixes): ``R1``, ``R5``, ``R10`` (percent of queries with rank
 <= K), ``MdR`` (median rank; the mean of the two middle ranks for an even count) and ``MnR``
@@ -26,7 +27,9 @@ def t2v_ranks(sim: torch.Tensor, video_of: torch.Tensor) -> torch.Tensor:
     (1-based, tie rule above) of the correct video for each caption, LongTensor [Q]."""
     _check(sim, video_of)
     correct = sim.gather(1, video_of[:, None].long())  # [Q, 1]
-    return _count_better(sim, correct)
+    right = torch.zeros_like(sim, dtype=torch.bool)
+    right[torch.arange(sim.shape[0]), video_of.long()] = True
+    return _rank(sim, correct, right)
 
 
 def v2t_ranks(sim: torch.Tensor, video_of: torch.Tensor) -> torch.Tensor:
@@ -41,12 +44,14 @@ def v2t_ranks(sim: torch.Tensor, video_of: torch.Tensor) -> torch.Tensor:
     correct = sim[torch.arange(q), video_of.long()]  # each caption's score for its video [Q]
     best = correct.new_full((v,), float("-inf")).scatter_reduce(
         0, video_of.long(), correct, "amax")  # each video's best-scored caption [V]
-    return _count_better(sim.t(), best[:, None])
+    right = video_of.long()[None, :] == torch.arange(v)[:, None]  # [V, Q]: its own captions
+    return _rank(sim.t(), best[:, None], right)
 
 
-def _count_better(scores: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
-    """Scores [N, M] and the correct answer's score [N, 1] -> 1 + #strictly higher [N]."""
-    ranks = [(scores[s:s + _CHUNK] > correct[s:s + _CHUNK]).sum(1) + 1
+def _rank(scores: torch.Tensor, correct: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """Scores [N, M], the correct answer's score [N, 1] and which candidates are correct [N, M]
+    -> 1 + #wrong candidates scored >= the correct one [N] (chunked: bounded memory)."""
+    ranks = [((scores[s:s + _CHUNK] >= correct[s:s + _CHUNK]) & ~right[s:s + _CHUNK]).sum(1) + 1
              for s in range(0, scores.shape[0], _CHUNK)]
     return torch.cat(ranks) if ranks else torch.empty(0, dtype=torch.long)
 
