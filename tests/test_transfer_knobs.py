@@ -99,6 +99,36 @@ def test_layer_decay_rate_per_depth(backbone):
     assert names == {"pretrained", "pretrained_no_decay", "new", "new_no_decay"}
 
 
+
+@pytest.mark.parametrize("backbone", ["open_clip", "hf"])
+def test_towers_of_different_depths(backbone, tmp_path):
+    """Each tower counts its own depth: a 3-block image tower beside a 1-block text tower."""
+    if backbone == "open_clip":
+        spec = json.loads(Path("configs/models/tiny.json").read_text())
+        spec["vision_cfg"]["layers"], spec["text_cfg"]["layers"] = 3, 1
+    else:
+        spec = json.loads(Path("configs/models/tiny_hf.json").read_text())
+        spec["vision_config"]["num_hidden_layers"], spec["text_config"]["num_hidden_layers"] = 3, 1
+    path = tmp_path / "asym.json"
+    path.write_text(json.dumps(spec))
+    model = build_model(ModelConfig(backbone=backbone, name=str(path), train_text=True),
+                        ["a", "b"], [("{}",)] * 2)
+    s = SAME[backbone]
+    assert depth_of(model, s["conv"]) == ("image", 0, 3)
+    assert depth_of(model, s["head"]) == ("image", 4, 3)
+    assert depth_of(model, s["text1"]) == ("text", 1, 1)
+    assert depth_of(model, s["text_head"]) == ("text", 2, 1)
+    by = groups_by_param(model, TrainConfig(layer_decay=0.5, lr=1.0, lr_new=1.0))
+    assert by[s["conv"]]["lr"] == pytest.approx(0.5 ** 4)
+    assert by[s["text0"]]["lr"] == pytest.approx(0.5 ** 2)
+    assert by[s["text_head"]]["lr"] == pytest.approx(1.0)
+    with pytest.raises(InputError, match=r"'text:2' is deeper than the text tower \(1 blocks\)"):
+        apply_freeze(model, ("text:2",))
+    assert s["text1"] in apply_freeze(model, ("image:3", "text:1"))
+    with pytest.raises(InputError, match=r"'text:1': the text tower is frozen already \(model."
+                                         r"train_text: false\)"):
+        apply_freeze(tiny(backbone), ("text:1",))
+
 def test_an_undeclared_tower_is_an_error_naming_it():
     model = tiny("open_clip")
     model.backbone.towers = {"text": type(model.backbone).towers["text"]}  # as a timm image tower
@@ -123,7 +153,7 @@ def test_regex_multipliers_first_match_wins():
     with pytest.raises(InputError, match=r"train.wd_mults: '\(' is not a regular expression"):
         param_groups(model, set(), TrainConfig(wd_mults={"(": 2.0}))
     with pytest.raises(InputError, match=r"train.l2sp_mults\['x'\] must be > 0"):
-        param_groups(model, set(), TrainConfig(l2sp_mults={"x": 0.0}))
+        load_experiment("demo", ["train.l2sp_mults={x: 0.0}"])
 
 
 def test_freeze_blocks_and_regexes():
@@ -162,6 +192,27 @@ def test_reinit_last_blocks(backbone):
     assert set(names) <= model.new_parameter_names() and not set(names) & model.loaded_names
 
 
+
+@pytest.mark.parametrize("backbone", ["open_clip", "hf"])
+def test_reinit_matches_the_architectures_own_init(backbone):
+    """Each re-initialised matrix has the spread a freshly built model gives that tensor (HF
+    CLIP's per-kind stds, not the generic std 1.0 rule; open_clip's PyTorch defaults)."""
+    model = tiny(backbone)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)  # a "trained" start far from any init
+    model.mark_loaded(n for n, _ in model.named_parameters())
+    names = model.reinit_last(1)
+    torch.manual_seed(1)
+    fresh = dict(tiny(backbone).named_parameters())
+    params = dict(model.named_parameters())
+    matrices = [n for n in names if params[n].ndim == 2]
+    assert matrices
+    for n in matrices:
+        ratio = params[n].std().item() / fresh[n].std().item()
+        assert 0.8 < ratio < 1.25, (n, ratio)
+
+
 def _l2sp_model(**cfg):
     model = tiny("open_clip")
     model.mark_loaded(n for n, _ in model.named_parameters() if n.startswith("backbone."))
@@ -192,6 +243,40 @@ def test_l2sp_and_l2_arithmetic_with_zero_gradients():
         torch.testing.assert_close(p[n].detach(), w[n] - lr * wd * w[n], rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(p["temporal.out.bias"].detach(), w["temporal.out.bias"])  # no decay
 
+
+
+def test_l2sp_and_l2_with_adam_and_real_gradients():
+    """Both decays beside a real AdamW step, first step in closed form: AdamW decays and steps
+    (w1 = w - lr*wd*w - lr*g/(|g|+eps)), then L2-SP pulls w1 toward w0 by lr*alpha (documented
+    order: apply_l2sp runs right after optimizer.step())."""
+    lr, alpha, wd = 0.01, 0.3, 0.2
+    model = tiny("open_clip")
+    model.mark_loaded(n for n, _ in model.named_parameters() if n.startswith("backbone."))
+    optimizer = build_optimizer(model, model.new_parameter_names(),
+                                TrainConfig(lr=lr, lr_new=lr, l2sp=alpha, weight_decay=wd))
+    attach_l2sp(optimizer)
+    w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+            p.grad = torch.randn_like(p)
+    w = {n: p.detach().clone() for n, p in model.named_parameters()}
+    by = groups_by_param(model, TrainConfig(lr=lr, lr_new=lr, l2sp=alpha, weight_decay=wd))
+    optimizer.step()
+    apply_l2sp(optimizer)
+    eps = optimizer.param_groups[0]["eps"]
+    checked = 0
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        g = p.grad
+        decay, sp = by[n]["weight_decay"], by[n]["l2sp"]
+        w1 = w[n] - lr * decay * w[n] - lr * g / (g.abs() + eps)
+        expect = w1 - lr * sp * (w1 - w0[n])
+        torch.testing.assert_close(p.detach(), expect, rtol=1e-5, atol=1e-6)
+        checked += decay > 0 and sp > 0
+    assert checked  # some tensors had both decays
 
 def test_l2sp_needs_transferred_weights():
     with pytest.raises(InputError, match=r"train.l2sp=0.1: the model holds no transferred weights"):
@@ -242,6 +327,23 @@ def test_frozen_weights_stay_bitwise_and_reinit_blocks_differ(demo_data, start, 
     assert listed["temporal.out.weight"]["group"] == "pretrained"  # loaded by init_from: not new
 
 
+def _killed_after_two_steps(monkeypatch, cfg) -> None:
+    """Train ``cfg`` until a kill during its third step (checkpoint at step 2 kept)."""
+    real_step = train_mod._optimizer_step
+    calls = {"n": 0}
+
+    def killed(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "_optimizer_step", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    monkeypatch.setattr(train_mod, "_optimizer_step", real_step)
+
+
 def test_resume_with_l2sp_equals_uninterrupted(demo_data, start, tmp_path, monkeypatch):
     extra = (f"model.init_from={start}", "train.l2sp=5.0", "train.lr=1e-2",
              "train.l2sp_mults={'resblocks\\.1\\.': 2.0}")
@@ -251,19 +353,7 @@ def test_resume_with_l2sp_equals_uninterrupted(demo_data, start, tmp_path, monke
     table = json.loads((tmp_path / "full" / "param_groups.json").read_text())
     assert {g["l2sp"] for g in table} == {5.0, 10.0}  # everything was loaded: all transferred
 
-    calls = {"n": 0}
-    real_step = train_mod._optimizer_step
-
-    def killed_after_two(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "_optimizer_step", killed_after_two)
-    with pytest.raises(KeyboardInterrupt):
-        train(small_config(demo_data, tmp_path / "part", *extra))
-    monkeypatch.setattr(train_mod, "_optimizer_step", real_step)
+    _killed_after_two_steps(monkeypatch, small_config(demo_data, tmp_path / "part", *extra))
     train(small_config(demo_data, tmp_path / "part", *extra), resume="latest")
     a, b = _weights(tmp_path / "full", 4), _weights(tmp_path / "part", 4)
     for key in a:
@@ -345,3 +435,38 @@ def test_loss_weight_scales_the_l2sp_step_too():
                     loss_weight=0.5)
     torch.testing.assert_close(p.detach(), w - 0.5 * lr * alpha * (w - w0), rtol=1e-6, atol=1e-7)
     assert [g["lr"] for g in optimizer.param_groups] == [lr] * len(optimizer.param_groups)
+
+
+def test_resume_loads_the_recorded_start_not_what_init_from_names_now(demo_data, start, tmp_path,
+                                                                      monkeypatch):
+    """A run's ``latest`` moves on; a resumed fine-tune keeps the start it began from, and
+    refuses it once it is changed or gone (it decides what is new; L2-SP pulls toward it)."""
+    import shutil
+    src = tmp_path / "start"
+    shutil.copytree(start, src)
+    extra = (f"model.init_from={src}", "train.l2sp=5.0", "train.lr=1e-2")
+    train(small_config(demo_data, tmp_path / "full", *extra))
+    _killed_after_two_steps(monkeypatch, small_config(demo_data, tmp_path / "part", *extra))
+    recorded = json.loads((tmp_path / "part" / "start.json").read_text())
+    first = src / "checkpoints" / "step_000004"
+    assert Path(recorded["checkpoint"]) == first.resolve()
+    # the start run moves on: its latest now names other weights
+    moved = src / "checkpoints" / "step_000008"
+    shutil.copytree(first, moved)
+    weights = load_file(moved / "model.safetensors")
+    from safetensors.torch import save_file
+    save_file({k: v + 1 for k, v in weights.items()}, moved / "model.safetensors")
+    (src / "checkpoints" / "latest").write_text("step_000008")
+    cfg = small_config(demo_data, tmp_path / "part", *extra)
+    train(cfg, resume="latest")
+    a, b = _weights(tmp_path / "full", 4), _weights(tmp_path / "part", 4)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    save_file({k: v + 1 for k, v in weights.items()}, first / "model.safetensors")
+    with pytest.raises(InputError, match=r"model.init_from: .*step_000004/model.safetensors "
+                                         r"changed since this run started"):
+        train(cfg, resume=str(tmp_path / "part" / "checkpoints" / "step_000002"))
+    shutil.rmtree(first)
+    with pytest.raises(InputError, match=r"started from .*step_000004/model.safetensors, which "
+                                         r"is gone"):
+        train(cfg, resume=str(tmp_path / "part" / "checkpoints" / "step_000002"))

@@ -27,15 +27,14 @@ class _Rule:
 
 
 def _rules(key: str, mults: dict[str, float]) -> list[_Rule]:
-    """``{regex: multiplier}`` (``key``) compiled, in order; bad entries are InputErrors."""
+    """``{regex: multiplier}`` (``key``) compiled, in order; a bad regex is an InputError
+    (multipliers are range-checked with the config, vlcofit.config_checks)."""
     out = []
     for pattern, mult in mults.items():
         try:
             regex = re.compile(pattern)
         except re.error as err:
             raise InputError(f"{key}: {pattern!r} is not a regular expression ({err})") from None
-        if not mult > 0:
-            raise InputError(f"{key}[{pattern!r}] must be > 0, got {mult!r}")
         out.append(_Rule(key, pattern, regex, float(mult)))
     return out
 
@@ -193,13 +192,18 @@ def _freeze_blocks(model: nn.Module, tower: str, n: int, spec: str) -> list[str]
     if n > layers:
         raise InputError(f"train.freeze: {spec!r} is deeper than the {tower} tower "
                          f"({layers} blocks)")
-    hit = []
+    hit, frozen_already = [], False
     for name, p in model.named_parameters():
-        if not (name.startswith("backbone.") and p.requires_grad):
+        if not name.startswith("backbone."):
             continue
         t, d, _ = _depth_or_fail(model, name, f"train.freeze {spec!r}")
         if t == tower and d <= n:
-            hit.append(name)
+            if p.requires_grad:
+                hit.append(name)
+            frozen_already = True
+    if frozen_already and not hit:
+        raise InputError(f"train.freeze: {spec!r}: the {tower} tower is frozen already"
+                         + (" (model.train_text: false)" if tower == "text" else ""))
     return hit
 
 
@@ -219,8 +223,10 @@ def attach_l2sp(optimizer: torch.optim.Optimizer) -> int:
 @torch.no_grad()
 def apply_l2sp(optimizer: torch.optim.Optimizer) -> None:
     """Decoupled L2-SP, right after ``optimizer.step()``: w <- w - lr * alpha * (w - w0) per
-    group (its current ``lr`` and ``l2sp`` alpha), on the parameters the step updated (those
-    with a gradient, as AdamW's own decay). Skipped with the step (fp16 overflow)."""
+    group (its current ``lr`` and ``l2sp`` alpha), with w the weights after AdamW's step and
+    its own decay (so the two decays act in sequence, each as AdamW's decoupled decay does),
+    on the parameters the step updated (those with a gradient). Skipped with the step (fp16
+    overflow)."""
     base = getattr(optimizer, "optimizer", optimizer)
     anchors = getattr(base, "l2sp_w0", None)
     if not anchors or getattr(optimizer, "step_was_skipped", False):

@@ -6,9 +6,12 @@ schedule and seed. Only settings that do not change what is trained may differ.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
+from . import checkpoint
 from .config import ExperimentConfig, load_experiment, to_dict
 from .errors import InputError
 
@@ -58,3 +61,45 @@ def check_resume_config(run_dir: Path, cfg: ExperimentConfig) -> None:
                          f"training: {shown}{more}. Resume with the run's own settings (only "
                          f"{', '.join(MAY_CHANGE)} may change), or start a new run in another "
                          f"output_dir")
+
+
+START = "start.json"  # in the run folder: which weights the run started from
+
+
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def start_weights(cfg: ExperimentConfig, resumed_run: Path | None) -> Path | None:
+    """The checkpoint ``model.init_from`` names, fixed when the run starts: a new run records
+    the resolved folder and its hash in ``start.json``; a resume loads that same folder again
+    (not what ``init_from`` resolves to now — a run's ``latest`` moves) and refuses it if it is
+    gone or changed, since the start decides which parameters are new and is L2-SP's target."""
+    if not cfg.model.init_from:
+        return None
+    record = resumed_run / START if resumed_run else None
+    if record is None or not record.is_file():  # new, or from before start.json: as given
+        return checkpoint.resolve(cfg.model.init_from).resolve()
+    saved = json.loads(record.read_text())
+    ckpt = Path(saved["checkpoint"])
+    file = ckpt / "model.safetensors"
+    if not file.is_file():
+        raise InputError(f"model.init_from: this run started from {file}, which is gone; put it "
+                         f"back to resume (its weights decide which parameters are new and are "
+                         f"L2-SP's target)")
+    if _sha256(file) != saved["sha256"]:
+        raise InputError(f"model.init_from: {file} changed since this run started from it "
+                         f"(sha256 {saved['sha256'][:12]}...); resuming would train from other "
+                         f"starting weights")
+    return ckpt
+
+
+def record_start(run_dir: Path, ckpt: Path | None) -> None:
+    """Write ``start.json`` for :func:`start_weights` (main process, new runs only)."""
+    if ckpt is not None:
+        (run_dir / START).write_text(json.dumps(
+            {"checkpoint": str(ckpt), "sha256": _sha256(ckpt / "model.safetensors")}, indent=1))

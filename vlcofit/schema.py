@@ -124,7 +124,7 @@ class TrainConfig:
     batch_size: int = 8  # clips per process per micro-step
     grad_accum: int = 1
     lr: float = 1e-5  # pretrained (CLIP) parameters
-    lr_new: float = 1e-3  # new parameters: temporal module, heads, logit scale
+    lr_new: float = 1e-3  # new parameters: those not loaded from the starting weights
     weight_decay: float = 0.05
     # Non-binary transfer (Plested et al. 2021), resolved by vlcofit.optim into param_groups.json.
     # Layer decay: lr at depth d = lr * layer_decay^(L+1-d) (embeddings 0, block i: i+1, final

@@ -24,7 +24,7 @@ from .errors import InputError
 from .experiment import build_dataset, build_labels, build_loader, build_video_model
 from .optim import (apply_freeze, apply_l2sp, attach_l2sp, build_optimizer, build_scheduler,
                     format_table, group_table)
-from .resume import check_resume_config
+from .resume import check_resume_config, record_start, start_weights
 from .runmodel import run_dir_of
 from .runinfo import MetricsLog, finish_run_json, plot_learning_curves, write_run_json
 from .tasks import headline_metrics, task_of
@@ -138,6 +138,21 @@ def _start_records(run_dir: Path, accelerator, cfg: ExperimentConfig, labels, mi
         (run_dir / "metrics.jsonl").write_text("")
 
 
+def _start_model(cfg: ExperimentConfig, labels, resumed_run: Path | bool):
+    """The model at step 0 and the checkpoint it started from. The starting weights are loaded
+    on resume too (the checkpoint then overwrites them): they decide which parameters are new,
+    and are L2-SP's w0."""
+    set_seed(cfg.train.seed)  # same initial weights on every process
+    model = build_video_model(cfg, labels)
+    start = start_weights(cfg, resumed_run or None)
+    if start is not None:
+        checkpoint.load_matching(model, start)
+    if cfg.model.reinit_last:
+        model.reinit_last(cfg.model.reinit_last)
+    apply_freeze(model, cfg.train.freeze)
+    return model, start
+
+
 def train(cfg: ExperimentConfig, resume: str | None = None) -> dict[str, float]:
     """Train as ``cfg`` says — one dataset, or a mixture (co-finetuning or the sequential
     baseline); returns the final evaluation metrics. Resumable (``resume``: "latest" or a
@@ -153,15 +168,8 @@ def train(cfg: ExperimentConfig, resume: str | None = None) -> dict[str, float]:
         check_resume_config(run_dir_of(resume_from) or run_dir, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     labels = build_labels(cfg)
-    set_seed(t.seed)  # same initial weights on every process
-    model = build_video_model(cfg, labels)
-    # The starting weights, on resume too (the checkpoint then overwrites them): they decide
-    # which parameters are new, and are L2-SP's w0.
-    if cfg.model.init_from:
-        checkpoint.load_matching(model, checkpoint.resolve(cfg.model.init_from))
-    if cfg.model.reinit_last:
-        model.reinit_last(cfg.model.reinit_last)
-    apply_freeze(model, t.freeze)
+    model, start = _start_model(cfg, labels, resume_from is not None
+                                and (run_dir_of(resume_from) or run_dir))
     find_unused = freeze_unused(model, [task_of(cfg.datasets[n]) for n in t.datasets])
     accelerator = make_accelerator(cfg, run_dir, find_unused)
     data = _build_data(cfg, labels, model.backbone)
@@ -179,6 +187,8 @@ def train(cfg: ExperimentConfig, resume: str | None = None) -> dict[str, float]:
     if accelerator.is_main_process:
         _start_records(run_dir, accelerator, cfg, labels, data.mix, resume_from is not None)
         (run_dir / "param_groups.json").write_text(json.dumps(groups, indent=1))
+        if resume_from is None:
+            record_start(run_dir, start)
     accelerator.init_trackers("tensorboard")
     loop = _Loop(cfg, accelerator, model, labels, eval_loaders, run_dir,
                  MetricsLog(run_dir / "metrics.jsonl", resume_step=step if resume_from else None)

@@ -304,11 +304,12 @@ class HFCLIPBackbone(Backbone):
         return list(self.clip.vision_model.encoder.layers)
 
     def _init_block(self, block: nn.Module) -> None:
-        """transformers' own init of CLIP (``_init_weights``), module by module."""
-        for m in block.modules():
-            for p in m.parameters(recurse=False):
-                if getattr(p, "_is_hf_initialized", False):
-                    p._is_hf_initialized = False  # else transformers' init skips loaded tensors
+        """transformers' own init of CLIP (``_init_weights``), children before parents as
+        transformers applies it: the generic ``nn.Linear`` rule (std = initializer_factor) runs
+        first and the CLIP attention / MLP rules then set their own stds."""
+        for p in block.parameters():
+            p._is_hf_initialized = False  # else transformers' init skips loaded tensors
+        for m in reversed(list(block.modules())):  # every descendant before its ancestors
             self.clip._init_weights(m)
 
 
