@@ -24,7 +24,13 @@ def _print_table(metrics: dict[str, float], title: str) -> None:
 
 
 def cmd_demo(args) -> None:
-    from .runs import run_demo
+    from .runs import SWEEP_DEMOS, run_demo, run_sweep_demo
+    if args.which in SWEEP_DEMOS:
+        from .sweep import format_table
+        report = run_sweep_demo(Path(args.out), args.set, args.which, fresh=not args.keep)
+        print(format_table(report))
+        print(f"\nsweep folder: {Path(args.out) / args.which} (sweep.md, sweep.json, sweep.png)")
+        return
     metrics, run_dir = run_demo(Path(args.out), args.set, args.which, fresh=not args.keep)
     titles = {"classification": "demo: 8 synthetic motion classes (chance = 12.5 % top-1)",
               "localization": "demo: synthetic AVA-format localisation (frame-mAP@0.5, %)",
@@ -157,17 +163,6 @@ def _int_list(text: str, flag: str) -> list[int]:
     return values
 
 
-def cmd_compare(args) -> None:
-    from .compare import compare, format_table
-    seeds = [int(s) for s in args.seeds.split(",")]
-    out = Path(args.out)
-    report = compare(args.config, args.set, seeds, out)
-    if _is_main():
-        summary = {s: {k: (v["mean"], v["std"]) for k, v in m.items()} for s, m in report["summary"].items()}
-        print(format_table(summary, list(next(iter(summary.values()))), len(seeds)))
-        print(f"comparison: {out / 'comparison.md'}, {out / 'comparison.png'}")
-
-
 def cmd_ava_eval(args) -> None:
     from .metrics.ava import evaluate_files
     result = evaluate_files(args.labelmap, args.groundtruth, args.detections, args.exclusions,
@@ -242,8 +237,10 @@ def _add_run_commands(sub) -> None:
     """demo, train, eval."""
     d = sub.add_parser("demo", help="generate synthetic videos, train and evaluate a tiny model")
     d.add_argument("which", nargs="?", default="classification",
-                   choices=["classification", "localization", "cofinetune"],
-                   help="which built-in demo (default: classification)")
+                   choices=["classification", "localization", "cofinetune", "granularity",
+                            "transfer"],
+                   help="which built-in demo (default: classification); granularity and "
+                        "transfer are 3-seed sweeps (README)")
     d.add_argument("--out", default="runs/demo", help="folder for the data and the run")
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     d.add_argument("--keep", action="store_true", help="keep an existing demo run (resume it)")
@@ -315,7 +312,9 @@ def _add_protocol_commands(sub) -> None:
 
 
 def _add_tool_commands(sub) -> None:
-    """predict, compare, ava-eval, list."""
+    """predict, ava-eval, list; sweep, compare, advise (vlcofit.cli_transfer)."""
+    from .cli_transfer import add_transfer_commands
+    add_transfer_commands(sub, SET_HELP, int_list, positive_int)
     r = sub.add_parser("predict", help="top-k labels for your own videos (or person boxes)",
                        epilog="--boxes CSV rows: video_path,time_sec,x1,y1,x2,y2 with coordinates "
                               "normalised to [0, 1] (x right, y down), paths relative to the CSV; "
@@ -340,13 +339,6 @@ def _add_tool_commands(sub) -> None:
     r.add_argument("--workers", type=nonneg_int, default=0, help="data-loading processes")
     r.add_argument("--json", action="store_true", help="print JSON instead of a table")
     r.set_defaults(func=cmd_predict)
-
-    c = sub.add_parser("compare", help="co-finetuning vs the sequential transfer baseline, several seeds")
-    c.add_argument("config", help="experiment config with a mixture and train.downstream")
-    c.add_argument("--seeds", type=int_list, default="0,1,2", help="comma-separated seeds (default 0,1,2)")
-    c.add_argument("--out", default="runs/compare", help="folder for all runs and the comparison")
-    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
-    c.set_defaults(func=cmd_compare)
 
     a = sub.add_parser("ava-eval", help="official AVA frame-mAP@0.5 of a detections CSV")
     a.add_argument("--labelmap", required=True)

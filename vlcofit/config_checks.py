@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from .errors import InputError
-from .schema import (DatasetCard, EvalConfig, LocalizationSpec, ModelConfig, TrainConfig)
+from .schema import (DatasetCard, EvalConfig, LocalizationSpec, ModelConfig, SweepConfig,
+                     TrainConfig)
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,10 @@ RANGES: dict[type, dict[str, Bound]] = {
         "warmup_steps": NON_NEGATIVE, "clip_grad": NON_NEGATIVE,
         "label_smoothing": Bound(0, 1, open_high=True), "seed": NON_NEGATIVE,
         "num_workers": NON_NEGATIVE, "log_every": AT_LEAST_1, "eval_every": NON_NEGATIVE,
-        "save_every": AT_LEAST_1, "keep_checkpoints": NON_NEGATIVE, "max_bad_fraction": UNIT},
+        "save_every": AT_LEAST_1, "keep_checkpoints": NON_NEGATIVE, "max_bad_fraction": UNIT,
+        "fit_max_per_class": AT_LEAST_1},
     EvalConfig: {"batch_size": AT_LEAST_1, "max_batches": AT_LEAST_1},
+    SweepConfig: {"seeds": NON_NEGATIVE},
 }
 
 

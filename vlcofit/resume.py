@@ -16,10 +16,10 @@ from .config import ExperimentConfig, load_experiment, to_dict
 from .errors import InputError
 
 # Keys a resumed run may change: how often it logs, evaluates and saves, how evaluation is run,
-# where the data now lives, and how many loader processes read it.
+# where the data now lives, how many loader processes read it, and the sweep around the run.
 MAY_CHANGE = ("output_dir", "train.log_every", "train.eval_every", "train.save_every",
               "train.keep_checkpoints", "train.num_workers", "train.max_bad_fraction", "eval.*",
-              "datasets.*.root")
+              "datasets.*.root", "sweep.*")
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:

@@ -40,13 +40,56 @@ def evaluate_checkpoint(cfg: ExperimentConfig, ckpt: str, out_dir: Path | None =
 
 
 def demo_generators() -> dict:
-    """Built-in synthetic datasets, by dataset-card name: card name -> generator(root) -> root."""
+    """Built-in synthetic datasets, by dataset-card name: card name -> generator(root) -> the
+    folder it wrote (the card's root)."""
     from .data.synthetic import make_demo_dataset
     from .data.synthetic_ava import make_demo_ava
-    return {"demo": make_demo_dataset, "demo_ava": make_demo_ava}
+    from .data.synthetic_target import make_demo_target
+
+    def demo_captions(root: Path) -> Path:
+        # the demo's own videos and caption CSVs: one folder (``demo`` beside ``root``) for
+        # both cards, so a run training on labels and captions reads each video file once
+        return make_demo_dataset(Path(root).parent / "demo")
+
+    return {"demo": make_demo_dataset, "demo_captions": demo_captions,
+            "demo_target": make_demo_target, "demo_ava": make_demo_ava}
 
 
 DEMOS = {"classification": "demo", "localization": "demo_ava", "cofinetune": "cofinetune_demo"}
+# Built-in experiments run as sweeps (setting x seed); "transfer" starts from the classification
+# demo's run, fine-tuned on another task.
+SWEEP_DEMOS = {"granularity": "granularity_demo", "transfer": "transfer_demo"}
+
+
+def _demo_data(name: str, out: Path) -> list[str]:
+    """Generate the built-in datasets config ``name`` uses; their ``--set ...root=`` items."""
+    generators = demo_generators()
+    cfg = load_experiment(name)
+    return [f"datasets.{n}.root={generators[c.name](out / 'data' / c.name)}"
+            for n, c in cfg.datasets.items() if c.name in generators]
+
+
+def run_sweep_demo(out: Path, overrides: list[str], which: str, fresh: bool = True) -> dict:
+    """A built-in sweep (``SWEEP_DEMOS``) in ``out/<which>``; ``transfer`` first trains the
+    classification demo (kept when finished) as its start, then adds the setting ``vlcofit
+    advise`` recommends as one more arm, so the advice is measured beside the grid."""
+    from .sweep import finished_metrics, sweep
+    from .train import clean_run_dir
+
+    name, run_dir = SWEEP_DEMOS[which], out / which
+    if fresh:
+        clean_run_dir(run_dir)
+    base = [*_demo_data(name, out), *overrides]
+    arms = None
+    if which == "transfer":
+        from .advise import advise
+        start = out / "classification"
+        if finished_metrics(start) is None:  # the start: trained once, kept
+            run_demo(out, [], "classification", fresh=False)
+        base.append(f"model.init_from={out / 'classification'}")
+        advice = advise(load_experiment(name, base), run_dir / "advice")
+        arms = {**load_experiment(name, base).sweep.arms, "advised": tuple(advice["set"])}
+    return sweep(name, base, run_dir, arms=arms)
 
 
 def run_demo(out: Path, overrides: list[str], which: str = "classification",
@@ -57,14 +100,10 @@ def run_demo(out: Path, overrides: list[str], which: str = "classification",
     from .train import clean_run_dir, train
 
     name = DEMOS[which]
-    cfg = load_experiment(name)
-    generators = demo_generators()
-    data = {n: generators[c.name](out / "data" / c.name) for n, c in cfg.datasets.items()
-            if c.name in generators}
+    roots = _demo_data(name, out)
     run_dir = out / which
     if fresh:
         clean_run_dir(run_dir)
-    roots = [f"datasets.{n}.root={path}" for n, path in data.items()]
     cfg = load_experiment(name, [*roots, f"output_dir={run_dir}", *overrides])
     resume = "latest" if not fresh and (run_dir / "checkpoints" / "latest").is_file() else None
     return train(cfg, resume=resume), run_dir

@@ -141,6 +141,10 @@ class TrainConfig:
     # Frozen (requires_grad=False, not in the optimizer): "image:N" / "text:N" (the tower's
     # embeddings and first N blocks) or regexes over parameter names.
     freeze: tuple[str, ...] = ()
+    # log the fit measures of the starting weights (vlcofit.fit) at step 0, on up to
+    # fit_max_per_class training videos a class (None: all)
+    fit_measures: bool = False
+    fit_max_per_class: int | None = None
     warmup_steps: int = 100
     clip_grad: float | None = 1.0
     label_smoothing: float = 0.0
@@ -163,11 +167,25 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class SweepConfig:
+    """``vlcofit sweep``: settings compared over seeds, and transfer measured after each run.
+    Not read by training (a resume may change it)."""
+    # named settings, each a list of --set overrides; `--grid` on the command line replaces them
+    arms: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    probe: tuple[str, ...] = ()  # datasets: frozen-encoder linear probe of each run's encoder
+    # overrides of a follow-up run initialised from each run (the arm's own overrides not applied)
+    finetune: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ()  # keys in the table and plot (default: headline metrics)
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     datasets: dict[str, DatasetCard] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     output_dir: str = "runs/default"
 
     @property

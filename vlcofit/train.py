@@ -153,6 +153,19 @@ def _start_model(cfg: ExperimentConfig, labels, resumed_run: Path | bool):
     return model, start
 
 
+def _log_fit(cfg: ExperimentConfig, accelerator, model, labels, run_dir: Path, log) -> None:
+    """``train.fit_measures``: how well the starting weights fit the training data (zero-shot,
+    k-NN, probe, LogME; vlcofit.fit), logged at step 0 before any update."""
+    from .cache import FeatureCache
+    from .fit import measure_fit
+    measures = measure_fit(cfg, accelerator, model, labels, cache=FeatureCache(run_dir / "features"),
+                           max_per_class=cfg.train.fit_max_per_class)
+    if log is not None:
+        log.write({"step": 0, **measures})
+    accelerator.log(measures, step=0)
+    logger.info("fit of the starting weights: %s", measures)
+
+
 def train(cfg: ExperimentConfig, resume: str | None = None) -> dict[str, float]:
     """Train as ``cfg`` says — one dataset, or a mixture (co-finetuning or the sequential
     baseline); returns the final evaluation metrics. Resumable (``resume``: "latest" or a
@@ -196,6 +209,8 @@ def train(cfg: ExperimentConfig, resume: str | None = None) -> dict[str, float]:
                  BadVideos(run_dir / "bad_videos.txt", t.max_bad_fraction,
                            {n: len(d) for n, d in data.train_sets.items()},
                            state.get("bad_videos")))
+    if t.fit_measures and resume_from is None:
+        _log_fit(cfg, accelerator, model, labels, run_dir, loop.log)
     done = data.mix.counts(step)
     batches = {n: _batches(accelerator, loaders[n], data.train_sets[n], done[n] * t.grad_accum)
                for n in t.datasets}

@@ -7,13 +7,20 @@ orientation visible) on a random textured background, doing its class's motion. 
 on a CPU. Training clips must not be flipped horizontally (left/right, clockwise classes).
 
 Layout under ``root``: ``train/NNNNNN.mp4``, ``val/NNNNNN.mp4``, ``train.csv`` and ``val.csv``
-(``path,label`` with class names) and ``meta.json`` (the parameters; same parameters -> skipped).
+(``path,label`` with class names), ``train_captions.csv`` and ``val_captions.csv``
+(``path,caption``: two plain-English captions a video naming shape, size, brightness, motion,
+speed and start, :mod:`vlcofit.data.synthetic_words`) and ``meta.json`` (the parameters; same
+parameters -> skipped). :mod:`vlcofit.data.synthetic_target` draws a held-out task with other
+classes from the same shapes and motions.
 """
 from __future__ import annotations
 
+import csv
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -26,6 +33,7 @@ DEMO_CLASSES = (
 SHAPES = ("circle", "square", "triangle")
 TRAIL = ((3, 0.15), (2, 0.3), (1, 0.5))  # (frames back, opacity) of the motion echo
 _VERSION = 5  # bump when the rendering changes, so old folders are regenerated
+CAPTIONS_VERSION = 1  # bump when the caption wording (synthetic_words) changes
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: int = 8, gop: int | None = None,
@@ -98,21 +106,54 @@ def _colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return np.full(3, rng.uniform(0, 50)), np.full(3, rng.uniform(190, 255))
 
 
+@dataclass(frozen=True)
+class ClipParams:
+    """What one clip shows, as drawn (grey levels 0-255, pixels, radians; arrays per frame):
+    the captions (:mod:`vlcofit.data.synthetic_words`) are a function of these alone."""
+    label: str
+    shape: str
+    background: float  # grey level of the (textured) background
+    colour: float  # grey level of the shape; its orientation dot is 255 - colour
+    cx: np.ndarray
+    cy: np.ndarray
+    radius: np.ndarray
+    angle: np.ndarray
+    size: int  # frame side
+
+
 def render_clip(label: str, rng: np.random.Generator, size: int = 64,
                 num_frames: int = 16) -> np.ndarray:
     """One clip of class ``label`` (a DEMO_CLASSES name) -> uint8 ``[T, size, size, 3]``."""
-    shape = SHAPES[rng.integers(len(SHAPES))]
+    return draw_clip(label, rng, size, num_frames)[0]
+
+
+def draw_clip(label: str, rng: np.random.Generator, size: int = 64, num_frames: int = 16,
+              shape: str | None = None) -> tuple[np.ndarray, ClipParams]:
+    """:func:`render_clip`'s frames and the parameters they were drawn with. ``shape`` given:
+    that shape, not a drawn one (the target task's classes name it); None: drawn first, so the
+    demo's draws (and videos) are those of every earlier version."""
+    if shape is None:
+        shape = SHAPES[rng.integers(len(SHAPES))]
     background, colour = _colours(rng)
     texture = background + rng.normal(0, 6, size=(size, size, 3))  # static per video
     cx, cy, radius, angle = _motion(label, rng, size, np.linspace(0, 1, num_frames))
+    params = ClipParams(label, shape, float(background[0]), float(colour[0]), cx, cy, radius,
+                        angle, size)
+    return _paint(params, texture, colour, rng), params
+
+
+def _paint(p: ClipParams, texture: np.ndarray, colour: np.ndarray,
+           rng: np.random.Generator) -> np.ndarray:
+    """The frames of ``p`` over ``texture``, with per-frame pixel noise (drawn last)."""
+    size, num_frames = p.size, len(p.cx)
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
     frames = np.empty((num_frames, size, size, 3), dtype=np.uint8)
     def layers(k: int) -> tuple[np.ndarray, np.ndarray]:
-        dx, dy = xs - cx[k], ys - cy[k]
-        cos, sin = np.cos(angle[k]), np.sin(angle[k])
+        dx, dy = xs - p.cx[k], ys - p.cy[k]
+        cos, sin = np.cos(p.angle[k]), np.sin(p.angle[k])
         u, v = dx * cos + dy * sin, -dx * sin + dy * cos
-        alpha = _coverage(shape, u, v, radius[k])[..., None]
-        dot = _coverage("circle", u - 0.5 * radius[k], v, 0.22 * radius[k])[..., None]
+        alpha = _coverage(p.shape, u, v, p.radius[k])[..., None]
+        dot = _coverage("circle", u - 0.5 * p.radius[k], v, 0.22 * p.radius[k])[..., None]
         return alpha, dot
 
     for k in range(num_frames):
@@ -132,12 +173,14 @@ def render_clip(label: str, rng: np.random.Generator, size: int = 64,
     return frames
 
 
-def already_made(root: Path, meta: dict) -> bool:
-    """Whether ``root`` holds a complete generated dataset made with exactly ``meta``; if not,
-    its stale mark is removed (``meta.json`` is written last, so a partial folder never counts)."""
+def already_made(root: Path, meta: dict,
+                 files: tuple[str, ...] = ("train.csv", "val.csv")) -> bool:
+    """Whether ``root`` holds a complete generated dataset made with exactly ``meta`` (and its
+    ``files``); if not, its stale mark is removed (``meta.json`` is written last, so a partial
+    folder never counts)."""
     meta_path = root / "meta.json"
     if meta_path.is_file() and json.loads(meta_path.read_text()) == meta \
-            and all((root / f"{s}.csv").is_file() for s in ("train", "val")):
+            and all((root / f).is_file() for f in files):
         logger.info("generated data already in %s", root)
         return True
     meta_path.unlink(missing_ok=True)
@@ -149,6 +192,38 @@ def mark_made(root: Path, meta: dict) -> None:
     (root / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
 
 
+SPLIT_FILES = ("train.csv", "val.csv", "train_captions.csv", "val_captions.csv")
+
+
+def write_split(root: Path, split: str, clips: Iterable[tuple[str, np.ndarray, ClipParams]],
+                fps: int) -> None:
+    """``(label, frames, params)`` clips -> ``split/NNNNNN.mp4`` in order, ``split.csv``
+    (``path,label``) and ``split_captions.csv`` (``path,caption``, two rows a video)."""
+    from .synthetic_words import captions
+
+    folder = root / split
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("[0-9]*.mp4"):  # only files named as we name them
+        stale.unlink()
+    rows, caption_rows = ["path,label"], [("path", "caption")]
+    for i, (label, frames, params) in enumerate(clips):
+        name = f"{split}/{i:06d}.mp4"
+        write_video(root / name, frames, fps=fps)
+        rows.append(f"{name},{label}")
+        caption_rows += [(name, text) for text in captions(params)]
+    (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    with open(root / f"{split}_captions.csv", "w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows(caption_rows)
+
+
+def _demo_clips(per_class: int, stream: list[int], size: int,
+                num_frames: int) -> Iterator[tuple[str, np.ndarray, ClipParams]]:
+    """The demo split's clips in order: classes in turn, clip i drawn from ``stream + [i]``."""
+    for i in range(per_class * len(DEMO_CLASSES)):
+        label = DEMO_CLASSES[i % len(DEMO_CLASSES)]
+        yield (label, *draw_clip(label, np.random.default_rng([*stream, i]), size, num_frames))
+
+
 def make_demo_dataset(root: str | Path, *, per_class_train: int = 40, per_class_val: int = 10,
                       size: int = 64, num_frames: int = 16, fps: int = 8, seed: int = 0) -> Path:
     """Write the demo dataset under ``root`` (see the module docstring); returns ``root``.
@@ -158,25 +233,17 @@ def make_demo_dataset(root: str | Path, *, per_class_train: int = 40, per_class_
     if size % 2 or size < 16:
         raise ValueError(f"size must be even and >= 16 (yuv420p), got {size}")
     root = Path(root)
+    # "captions" (their wording's version) came after the videos: a folder made before it is
+    # rewritten once, with the same video bytes (the draws are unchanged)
     meta = {"version": _VERSION, "classes": list(DEMO_CLASSES), "per_class_train": per_class_train,
             "per_class_val": per_class_val, "size": size, "num_frames": num_frames, "fps": fps,
-            "seed": seed}
-    if already_made(root, meta):
+            "seed": seed, "captions": CAPTIONS_VERSION}
+    if already_made(root, meta, SPLIT_FILES):
         return root
     for split_index, (split, per_class) in enumerate((("train", per_class_train),
                                                       ("val", per_class_val))):
-        folder = root / split
-        folder.mkdir(parents=True, exist_ok=True)
-        for stale in folder.glob("[0-9]*.mp4"):  # only files named as we name them
-            stale.unlink()
-        rows = ["path,label"]
-        for i in range(per_class * len(DEMO_CLASSES)):
-            label = DEMO_CLASSES[i % len(DEMO_CLASSES)]
-            rng = np.random.default_rng([seed, split_index, i])
-            name = f"{split}/{i:06d}.mp4"
-            write_video(root / name, render_clip(label, rng, size, num_frames), fps=fps)
-            rows.append(f"{name},{label}")
-        (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
+        clips = _demo_clips(per_class, [seed, split_index], size, num_frames)
+        write_split(root, split, clips, fps)
     mark_made(root, meta)
     logger.info("wrote the demo dataset to %s", root)
     return root

@@ -1,0 +1,95 @@
+"""`vlcofit sweep`: grid parsing, every setting x seed, transfer stages, resume, compare."""
+import json
+from pathlib import Path
+
+import pytest
+
+import vlcofit.sweep as sweep_mod
+from vlcofit.cli import main
+from vlcofit.data.synthetic import make_demo_dataset
+from vlcofit.errors import InputError
+from vlcofit.sweep import folder_name, grid_settings, split_values, sweep
+
+
+def test_grid_values_and_settings():
+    assert split_values("0,1e-3,[image:1,text:1],{a: 1, b: 2}") == [
+        "0", "1e-3", "[image:1,text:1]", "{a: 1, b: 2}"]
+    settings = grid_settings(["train.l2sp=0,1e-2", "train.freeze=[],[image:1]"])
+    assert list(settings) == ["l2sp=0 freeze=[]", "l2sp=0 freeze=[image:1]",
+                              "l2sp=1e-2 freeze=[]", "l2sp=1e-2 freeze=[image:1]"]
+    assert settings["l2sp=1e-2 freeze=[image:1]"] == ("train.l2sp=1e-2", "train.freeze=[image:1]")
+    a, b = folder_name("freeze=[image:1]", ("x",)), folder_name("freeze=[image:1]", ("y",))
+    assert a != b and "/" not in a and a.startswith("freeze=_image")
+    for bad in ("train.l2sp", "=1,2", "train.l2sp=1,,2"):
+        with pytest.raises(InputError, match="--grid"):
+            grid_settings([bad])
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory) -> Path:
+    return make_demo_dataset(tmp_path_factory.mktemp("demo"), per_class_train=2, per_class_val=1)
+
+
+def _overrides(data: Path) -> list[str]:
+    return [f"datasets.demo.root={data}", "model.name=tiny", "train.steps=2", "train.batch_size=4",
+            "train.num_workers=0", "train.log_every=1", "train.save_every=2",
+            "train.warmup_steps=1", "eval.batch_size=8", "eval.max_batches=1"]
+
+
+def test_sweep_runs_every_setting_then_resumes_without_training(demo_data, tmp_path, monkeypatch):
+    extra = [*_overrides(demo_data), "sweep.probe=[demo]",
+             "sweep.finetune=[train.steps=1, train.lr=1e-4]"]
+    out = tmp_path / "sweep"
+    report = sweep("demo", extra, out, grid=["train.lr=1e-3,1e-2"], seeds=[0, 1])
+    assert list(report["settings"]) == ["lr=1e-3", "lr=1e-2"]
+    for setting, meta in report["settings"].items():
+        for seed in (0, 1):
+            run = out / meta["folder"] / f"seed{seed}"
+            saved = json.loads((run / "run.json").read_text())
+            assert saved["seed"] == seed and saved["end_time"]
+            assert (run / "finetune" / "start.json").is_file()  # initialised from the run
+            start = json.loads((run / "finetune" / "start.json").read_text())
+            assert Path(start["checkpoint"]).parent.parent == run.resolve()
+        runs = report["runs"][setting]
+        assert all({"demo/top1", "probe:demo/top1", "finetune:demo/top1"} <= set(r) for r in runs)
+        summary = report["summary"][setting]["probe:demo/top1"]
+        values = [r["probe:demo/top1"] for r in runs]
+        assert summary["mean"] == pytest.approx(sum(values) / 2)
+    assert report["shown"] == ["demo/top1", "probe:demo/top1", "finetune:demo/top1"]
+    table = (out / "sweep.md").read_text()
+    assert "| lr=1e-2 |" in table and "sample std" in table
+    assert (out / "sweep.png").stat().st_size > 0
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished setting was trained again")
+    monkeypatch.setattr(sweep_mod, "train", no_training)
+    again = sweep("demo", extra, out, grid=["train.lr=1e-3,1e-2"], seeds=[0, 1])
+    assert again["runs"] == report["runs"]
+
+
+def test_sweep_arms_from_the_config_and_bad_input(demo_data, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(sweep_mod, "train",
+                        lambda cfg, resume=None: calls.append(cfg) or {"demo/top1": 50.0})
+    arms = "sweep.arms={plain: [], decayed: ['train.layer_decay=0.5']}"
+    report = sweep("demo", [*_overrides(demo_data), arms, "sweep.seeds=[3]"], tmp_path / "a")
+    assert [c.train.layer_decay for c in calls] == [1.0, 0.5]
+    assert {c.train.seed for c in calls} == {3}
+    assert report["summary"]["decayed"]["demo/top1"] == {"mean": 50.0, "std": 0.0}
+    with pytest.raises(InputError, match="nothing to sweep"):
+        sweep("demo", _overrides(demo_data), tmp_path / "b")
+    with pytest.raises(InputError, match="sweep.probe: 'nope' is not in datasets"):
+        sweep("demo", [*_overrides(demo_data), arms, "sweep.probe=[nope]"], tmp_path / "c")
+
+
+def test_compare_is_the_sweep_over_schedules(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake(config, overrides, out, grid=None, seeds=None, arms=None):
+        seen.update(config=config, seeds=seeds, arms=arms)
+        return {"shown": [], "seeds": seeds, "summary": {}}
+    monkeypatch.setattr(sweep_mod, "sweep", fake)
+    assert main(["compare", "cofinetune_demo", "--seeds", "0,2", "--out", str(tmp_path)]) == 0
+    assert seen["arms"] == {"cofinetune": ("train.schedule=cofinetune",),
+                            "sequential": ("train.schedule=sequential",)}
+    assert seen["seeds"] == [0, 2]

@@ -1,0 +1,206 @@
+"""`vlcofit sweep`: every setting x seed of one config, resumable, as a table, JSON and a plot.
+
+A setting is a named list of ``--set`` overrides: the config's ``sweep.arms``, or a cartesian
+``--grid key=v1,v2`` from the command line. After each run, transfer can be measured two ways
+(Mahdisoltani et al. 2018's protocol): a frozen-encoder linear probe on other datasets
+(``sweep.probe``) and a follow-up fine-tune initialised from the run (``sweep.finetune``).
+``vlcofit compare`` is the sweep over ``train.schedule``. Every ± is the sample std over seeds.
+
+Layout under ``out``: ``<setting>/seed<N>/`` (a run folder), ``.../finetune/``, ``.../probe/``;
+``sweep.json``, ``sweep.md`` and ``sweep.png``. A finished run is not trained again, an
+interrupted one resumes from its latest checkpoint.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import re
+from pathlib import Path
+
+from .config import load_experiment
+from .distributed import process_state
+from .errors import InputError
+from .stats import STD, mean_std
+from .tasks import headline_metrics
+from .train import train
+
+logger = logging.getLogger(__name__)
+
+_COUNTS = ("/count", "/unreadable", "/keyframes", "/train_videos")  # not metrics to average
+
+
+def split_values(text: str) -> list[str]:
+    """``"0,1e-3,[a,b]"`` -> ``["0", "1e-3", "[a,b]"]``: commas inside brackets or braces stay."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch in "[{("
+        depth -= ch in "]})"
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    out.append(cur)
+    return [v.strip() for v in out]
+
+
+def grid_settings(grid: list[str]) -> dict[str, tuple[str, ...]]:
+    """``["train.l2sp=0,1e-3", "train.layer_decay=1,0.75"]`` -> the cartesian product, each
+    setting named by its values (``l2sp=0 layer_decay=1``)."""
+    axes = []
+    for item in grid:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise InputError(f"--grid {item!r}: expected KEY=V1,V2,... (e.g. train.l2sp=0,1e-3)")
+        parsed = split_values(values)
+        if any(not v for v in parsed):
+            raise InputError(f"--grid {item!r}: an empty value")
+        axes.append([f"{key.strip()}={v}" for v in parsed])
+    return {" ".join(o.split("=", 1)[0].rsplit(".", 1)[-1] + "=" + o.split("=", 1)[1]
+                     for o in combo): combo for combo in itertools.product(*axes)}
+
+
+def folder_name(setting: str, overrides: tuple[str, ...]) -> str:
+    """A file-system-safe folder for a setting, unique for its overrides (resumes find it)."""
+    slug = re.sub(r"[^A-Za-z0-9._=-]+", "_", setting).strip("_")[:60] or "setting"
+    return f"{slug}-{hashlib.sha1(' '.join(overrides).encode()).hexdigest()[:6]}"
+
+
+def finished_metrics(run: Path) -> dict[str, float] | None:
+    """Final metrics of a run that already completed (so an interrupted sweep resumes)."""
+    info = run / "run.json"
+    if info.is_file():
+        data = json.loads(info.read_text())
+        if data.get("end_time") and data.get("final_metrics"):
+            return data["final_metrics"]
+    return None
+
+
+def train_or_resume(config: str, overrides: list[str], run: Path) -> dict[str, float]:
+    """A run's final metrics: read when finished, else resumed or trained."""
+    metrics = finished_metrics(run)
+    if metrics is not None:
+        logger.info("%s: finished earlier, not re-run", run)
+        return metrics
+    cfg = load_experiment(config, [*overrides, f"output_dir={run}"])
+    return train(cfg, resume="latest" if (run / "checkpoints" / "latest").is_file() else None)
+
+
+def probe_transfer(config: str, overrides: list[str], name: str, run: Path, seed: int) -> dict:
+    """Frozen-encoder linear probe of ``run``'s encoder on dataset ``name`` (all its training
+    videos; top-1 on its evaluation split), through few-shot's probe code."""
+    from .hierarchy import granular_records
+    from .experiment import read_card_classes
+    from .fewshot import linear_probe, probe_features
+
+    cfg = load_experiment(config, [*overrides, f"train.datasets=[{name}]",
+                                   f"eval.datasets=[{name}]", f"train.seed={seed}"])
+    card = cfg.datasets[name]
+    classes = read_card_classes(card)
+    rows = list(range(len(granular_records(card, "train", classes))))
+    feats = probe_features(cfg, name, run / "probe", rows, weights=str(run))
+    return linear_probe(*feats, rows, len(classes), seed)
+
+
+def _one(config: str, overrides: list[str], arm: tuple[str, ...], seed: int, run: Path,
+         spec) -> dict[str, float]:
+    """One setting x seed: its run, then the transfer measures ``spec`` (SweepConfig) asks for."""
+    seeded = [*overrides, *arm, f"train.seed={seed}"]
+    metrics = dict(train_or_resume(config, seeded, run))
+    for name in spec.probe:
+        probe = probe_transfer(config, overrides, name, run, seed)
+        metrics[f"probe:{name}/top1"] = probe["top1"]
+    if spec.finetune:
+        ft = train_or_resume(config, [*overrides, *spec.finetune, f"train.seed={seed}",
+                                      f"model.init_from={run}"], run / "finetune")
+        metrics.update({f"finetune:{k}": v for k, v in ft.items()})
+    return metrics
+
+
+def sweep(config: str, overrides: list[str], out: Path, grid: list[str] | None = None,
+          seeds: list[int] | None = None,
+          arms: dict[str, tuple[str, ...]] | None = None) -> dict:
+    """Train every setting (``arms``, else ``--grid``, else the config's ``sweep.arms``) x seed
+    under ``out``, measure transfer as ``sweep.probe`` / ``sweep.finetune`` say, and summarise
+    the final metrics (mean ± sample std over seeds). Returns the report (``sweep.json``)."""
+    cfg = load_experiment(config, overrides)
+    spec = cfg.sweep
+    settings = arms or (grid_settings(grid) if grid else dict(spec.arms))
+    if not settings:
+        raise InputError(f"{config}: nothing to sweep: give --grid KEY=V1,V2 or sweep.arms")
+    for name in spec.probe:
+        if name not in cfg.datasets:
+            raise InputError(f"sweep.probe: {name!r} is not in datasets ({', '.join(cfg.datasets)})")
+    seeds = list(seeds if seeds is not None else spec.seeds)
+    out.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list[dict[str, float]]] = {}
+    for setting, arm in settings.items():
+        folder = out / folder_name(setting, arm)
+        runs[setting] = [_one(str(config), overrides, arm, seed, folder / f"seed{seed}", spec)
+                         for seed in seeds]
+    keys = [k for k in dict.fromkeys(k for rs in runs.values() for r in rs for k in r)
+            if not k.endswith(_COUNTS)]
+    summary = {s: {k: dict(zip(("mean", "std"), mean_std([r.get(k, float("nan")) for r in rs])))
+                   for k in keys} for s, rs in runs.items()}
+    shown = _shown(config, overrides, spec, keys)
+    report = {"config": str(config), "overrides": overrides, "seeds": seeds, "std": STD,
+              "settings": {s: {"overrides": list(a), "folder": folder_name(s, a)}
+                           for s, a in settings.items()},
+              "shown": shown, "runs": runs, "summary": summary}
+    if process_state().is_main_process:  # every process trained; one writes the report
+        (out / "sweep.json").write_text(json.dumps(report, indent=2))
+        (out / "sweep.md").write_text(format_table(report))
+        plot_sweep(report, out / "sweep.png")
+    return report
+
+
+
+def _shown(config: str, overrides: list[str], spec, keys: list[str]) -> list[str]:
+    """The metrics of the table and plot: ``sweep.metrics``, else each stage's headline ones."""
+    if spec.metrics:
+        missing = [k for k in spec.metrics if k not in keys]
+        if missing:
+            raise InputError(f"sweep.metrics: {', '.join(missing)} not among the runs' metrics "
+                             f"({', '.join(keys)})")
+        return list(spec.metrics)
+    shown = headline_metrics(load_experiment(config, overrides))
+    shown += [k for k in keys if k.startswith("probe:")]
+    if spec.finetune:
+        ft = load_experiment(config, [*overrides, *spec.finetune])
+        shown += [f"finetune:{k}" for k in headline_metrics(ft)]
+    return [k for k in dict.fromkeys(shown) if k in keys] or keys[:4]
+
+def format_table(report: dict) -> str:
+    """One row per setting, one column per shown metric: mean ± std over the seeds."""
+    shown, n = report["shown"], len(report["seeds"])
+    lines = [f"| setting (mean ± {STD}, {n} seeds) | " + " | ".join(shown) + " |",
+             "| --- |" + " --- |" * len(shown)]
+    for setting, per in report["summary"].items():
+        cells = [f"{per[k]['mean']:.2f} ± {per[k]['std']:.2f}" if k in per else "-" for k in shown]
+        lines.append(f"| {setting} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_sweep(report: dict, path: Path) -> Path:
+    """One panel per shown metric: each setting's mean ± std (matplotlib, Agg)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown, settings = report["shown"], list(report["summary"])
+    fig, axes = plt.subplots(1, len(shown), figsize=(max(4.0, 0.6 * len(settings) + 1.5)
+                                                     * len(shown), 3.8), squeeze=False)
+    for ax, key in zip(axes[0], shown):
+        per = [report["summary"][s].get(key, {"mean": float("nan"), "std": 0.0}) for s in settings]
+        ax.bar(range(len(settings)), [p["mean"] for p in per], yerr=[p["std"] for p in per],
+               capsize=3, color=[f"C{i % 10}" for i in range(len(settings))])
+        ax.set_xticks(range(len(settings)))
+        ax.set_xticklabels(settings, rotation=30, ha="right", fontsize=8)
+        ax.set_title(key, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
