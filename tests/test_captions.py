@@ -76,6 +76,35 @@ def test_msrvtt_json_and_jsonl(tmp_path):
     assert _pairs(records, tmp_path) == [("v/1.mp4", ("one", "two"))]
 
 
+
+def test_official_msrvtt_videodatainfo(tmp_path):
+    """The official train_val_videodatainfo.json: the card split's videos (val = "validate"),
+    their sentences in file order, files named by filename_pattern (default video_id.mp4)."""
+    info = {"info": {}, "videos": [
+        {"video_id": "video0", "split": "train", "category": 9},
+        {"video_id": "video1", "split": "validate", "category": 1},
+        {"video_id": "video2", "split": "train", "category": 3}],
+        "sentences": [{"caption": "a cartoon", "video_id": "video0", "sen_id": 0},
+                      {"caption": "someone talks", "video_id": "video1", "sen_id": 1},
+                      {"caption": "kids play", "video_id": "video0", "sen_id": 2},
+                      {"caption": "a car drives", "video_id": "video2", "sen_id": 3}]}
+    _write(tmp_path / "info.json", json.dumps(info))
+    card = _card(tmp_path, "msrvtt", train="info.json", val="info.json")
+    assert _pairs(read_caption_records(card, "train"), tmp_path) == [
+        ("video0.mp4", ("a cartoon", "kids play")), ("video2.mp4", ("a car drives",))]
+    named = _card(tmp_path, "msrvtt", train="info.json", val="info.json",
+                  filename_pattern="TrainValVideo/{video_id}.mp4")
+    assert _pairs(read_caption_records(named, "val"), tmp_path) == [
+        ("TrainValVideo/video1.mp4", ("someone talks",))]
+    bad = {**info, "sentences": [*info["sentences"], {"caption": "x", "video_id": "video9"}]}
+    _write(tmp_path / "bad.json", json.dumps(bad))
+    with pytest.raises(InputError, match=r"bad.json: sentences\[4\]: expected .* naming a video"):
+        read_caption_records(_card(tmp_path, "msrvtt", train="bad.json"), "train")
+    silent = {**info, "sentences": info["sentences"][:2]}  # video2 has no sentence
+    _write(tmp_path / "silent.json", json.dumps(silent))
+    with pytest.raises(InputError, match=r"silent.json: video video2: field 'caption'"):
+        read_caption_records(_card(tmp_path, "msrvtt", train="silent.json"), "train")
+
 def test_webvid_columns(tmp_path):
     _write(tmp_path / "train.txt", "videoid,contentUrl,duration,page_dir,name\n"
                                    "31353427,https://x/y.mp4,PT00H00M14S,006001_006050,"

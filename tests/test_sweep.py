@@ -8,7 +8,7 @@ import vlcofit.sweep as sweep_mod
 from vlcofit.cli import main
 from vlcofit.data.synthetic import make_demo_dataset
 from vlcofit.errors import InputError
-from vlcofit.sweep import folder_name, grid_settings, split_values, sweep
+from vlcofit.sweep import best_versus, folder_name, grid_settings, split_values, sweep
 
 
 def test_grid_values_and_settings():
@@ -93,3 +93,34 @@ def test_compare_is_the_sweep_over_schedules(monkeypatch, tmp_path):
     assert seen["arms"] == {"cofinetune": ("train.schedule=cofinetune",),
                             "sequential": ("train.schedule=sequential",)}
     assert seen["seeds"] == [0, 2]
+
+
+def test_advise_command_and_fit_measures_at_step_zero(demo_data, tmp_path, capsys):
+    """`vlcofit advise` prints the measures and a train command whose --set fragments load;
+    `train.fit_measures` logs the same measures at step 0 of a run."""
+    from vlcofit.config import load_experiment
+    from vlcofit.runinfo import read_metrics
+    sets = [x for o in _overrides(demo_data) for x in ("--set", o)]
+    out = tmp_path / "advice"
+    assert main(["advise", "demo", *sets, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    advice = json.loads((out / "advice.json").read_text())
+    assert "demo/fit/knn10_top1" in printed and "vlcofit train demo" in printed
+    load_experiment("demo", [*_overrides(demo_data), *advice["set"]])  # valid fragments
+    run = tmp_path / "run"
+    assert main(["train", "demo", *sets, "--set", "train.fit_measures=true",
+                 "--set", f"output_dir={run}"]) == 0
+    first = read_metrics(run / "metrics.jsonl")[0]
+    assert first["step"] == 0
+    assert first["demo/fit/knn10_top1"] == advice["measures"]["demo/fit/knn10_top1"]
+    assert first["demo/fit/logme"] == pytest.approx(advice["measures"]["demo/fit/logme"])
+
+
+def test_best_versus_overlapping_intervals():
+    m = "t/top1"
+    report = {"summary": {"a": {m: {"mean": 50.0, "std": 2.0}}, "b": {m: {"mean": 45.0, "std": 3.0}},
+                          "c": {m: {"mean": 40.0, "std": 1.0}}}}
+    assert best_versus(report, "b", m)["within_one_std"]  # 48 >= 48
+    check = best_versus(report, "c", m)
+    assert check["best"] == "a" and not check["within_one_std"]
+    assert best_versus(report, "a", m)["within_one_std"]

@@ -29,6 +29,11 @@ def cmd_demo(args) -> None:
         from .sweep import format_table
         report = run_sweep_demo(Path(args.out), args.set, args.which, fresh=not args.keep)
         print(format_table(report))
+        check = report.get("advice_check")
+        if check:
+            print(f"advised setting: {check['mean']:.2f} ± {check['std']:.2f} {check['metric']}; "
+                  f"best: {check['best']} {check['best_mean']:.2f} ± {check['best_std']:.2f}; "
+                  f"within one std: {'yes' if check['within_one_std'] else 'no'}")
         print(f"\nsweep folder: {Path(args.out) / args.which} (sweep.md, sweep.json, sweep.png)")
         return
     metrics, run_dir = run_demo(Path(args.out), args.set, args.which, fresh=not args.keep)

@@ -73,7 +73,8 @@ def run_sweep_demo(out: Path, overrides: list[str], which: str, fresh: bool = Tr
     """A built-in sweep (``SWEEP_DEMOS``) in ``out/<which>``; ``transfer`` first trains the
     classification demo (kept when finished) as its start, then adds the setting ``vlcofit
     advise`` recommends as one more arm, so the advice is measured beside the grid."""
-    from .sweep import finished_metrics, sweep
+    from .distributed import process_state
+    from .sweep import best_versus, finished_metrics, sweep
     from .train import clean_run_dir
 
     name, run_dir = SWEEP_DEMOS[which], out / which
@@ -89,7 +90,12 @@ def run_sweep_demo(out: Path, overrides: list[str], which: str, fresh: bool = Tr
         base.append(f"model.init_from={out / 'classification'}")
         advice = advise(load_experiment(name, base), run_dir / "advice")
         arms = {**load_experiment(name, base).sweep.arms, "advised": tuple(advice["set"])}
-    return sweep(name, base, run_dir, arms=arms)
+    report = sweep(name, base, run_dir, arms=arms)
+    if arms is not None:
+        report["advice_check"] = best_versus(report, "advised", report["shown"][0])
+        if process_state().is_main_process:
+            (run_dir / "sweep.json").write_text(json.dumps(report, indent=2))
+    return report
 
 
 def run_demo(out: Path, overrides: list[str], which: str = "classification",

@@ -172,6 +172,17 @@ def _shown(config: str, overrides: list[str], spec, keys: list[str]) -> list[str
         shown += [f"finetune:{k}" for k in headline_metrics(ft)]
     return [k for k in dict.fromkeys(shown) if k in keys] or keys[:4]
 
+
+def best_versus(report: dict, setting: str, metric: str) -> dict:
+    """Is ``setting`` within one (sample) std of the best setting on ``metric``? The best is
+    the highest mean; "within" means the two mean ± std intervals overlap."""
+    summary = {s: m[metric] for s, m in report["summary"].items() if metric in m}
+    best = max(summary, key=lambda s: summary[s]["mean"])
+    a, b = summary[setting], summary[best]
+    return {"metric": metric, "setting": setting, "mean": a["mean"], "std": a["std"],
+            "best": best, "best_mean": b["mean"], "best_std": b["std"],
+            "within_one_std": a["mean"] + a["std"] >= b["mean"] - b["std"]}
+
 def format_table(report: dict) -> str:
     """One row per setting, one column per shown metric: mean ± std over the seeds."""
     shown, n = report["shown"], len(report["seeds"])

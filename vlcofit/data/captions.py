@@ -8,7 +8,8 @@ Formats (``card.format`` of a ``task: captions`` card; adding one = one function
   the first comma is the caption.
 - ``msrvtt``: JSON list of ``{"video": path, "caption": text or [texts]}`` objects (the MSR-VTT
   style of CLIP4Clip-derived annotation files), or JSON Lines (a ``.jsonl`` file: one object a
-  line); entries naming the same video are merged.
+  line); entries naming the same video are merged. Or the official ``*_videodatainfo.json``
+  (``videos`` with their split, ``sentences``): the card split's videos, 20 captions each.
 - ``webvid``: the WebVid CSV (header ``videoid,contentUrl,duration,page_dir,name``, columns
   matched by name; ``name`` is the caption); the file is ``{page_dir}/{videoid}.mp4`` unless
   the card sets ``filename_pattern`` (filled from the row's columns).
@@ -103,19 +104,57 @@ def _json_entries(path: Path) -> list[tuple[str, Any]]:
     except json.JSONDecodeError as err:
         hint = " (one object a line? name the file .jsonl)" if err.msg == "Extra data" else ""
         raise InputError(f"{at(path, err.lineno)}: invalid JSON ({err.msg}){hint}") from None
+    if isinstance(data, dict) and {"videos", "sentences"} <= set(data):
+        return _official_msrvtt(path, data)
     if not isinstance(data, list):
-        raise InputError(f"{at(path)}: expected a JSON list of {{\"video\", \"caption\"}} objects")
+        raise InputError(f"{at(path)}: expected a JSON list of {{\"video\", \"caption\"}} objects "
+                         f"or the official MSR-VTT videodatainfo object")
     return [(f"{path}: entry {i}", entry) for i, entry in enumerate(data)]
 
 
+# the official files' split names by card split (train_val_videodatainfo.json: train + validate)
+_OFFICIAL_SPLITS = {"train": "train", "val": "validate", "test": "test"}
+
+
+def _official_msrvtt(path: Path, data: dict) -> list[tuple[str, Any]]:
+    """The official MSR-VTT ``*_videodatainfo.json`` (``{"videos": [{"video_id", "split"}],
+    "sentences": [{"video_id", "caption"}]}``) as ``{"video", "caption", "split"}`` entries, one
+    per video in the file's order; ``split`` is the card split it belongs to."""
+    if not isinstance(data["videos"], list) or not isinstance(data["sentences"], list):
+        raise InputError(f"{at(path)}: 'videos' and 'sentences' must be lists")
+    splits, captions = {}, {}
+    for i, video in enumerate(data["videos"]):
+        if not isinstance(video, dict) or not isinstance(video.get("video_id"), str) \
+                or video.get("split") not in _OFFICIAL_SPLITS.values():
+            raise InputError(f"{path}: videos[{i}]: expected {{'video_id': str, 'split': "
+                             f"train|validate|test}}, got {str(video)[:80]!r}")
+        splits[video["video_id"]] = video["split"]
+        captions[video["video_id"]] = []
+    for i, sentence in enumerate(data["sentences"]):
+        vid = sentence.get("video_id") if isinstance(sentence, dict) else None
+        if vid not in captions or "caption" not in sentence:
+            raise InputError(f"{path}: sentences[{i}]: expected {{'video_id', 'caption'}} naming "
+                             f"a video of 'videos', got {str(sentence)[:80]!r}")
+        captions[vid].append(sentence["caption"])
+    card_split = {v: k for k, v in _OFFICIAL_SPLITS.items()}
+    return [(f"{path}: video {vid}", {"video": vid, "caption": captions[vid] or None,
+                                      "split": card_split[splits[vid]]}) for vid in captions]
+
+
 def read_msrvtt(card: DatasetCard, split: str) -> list[CaptionRecord]:
-    """MSR-VTT-style JSON / JSON Lines: ``{"video": path, "caption": text or [texts]}``."""
+    """MSR-VTT-style JSON / JSON Lines: ``{"video": path, "caption": text or [texts]}``; or the
+    official ``videodatainfo.json``: the videos of ``split`` (val: the file's "validate"), each
+    file ``filename_pattern`` filled with ``video_id`` (default ``{video_id}.mp4``)."""
     path, root = _annotation(card, split), Path(card.root)
     rows: list[tuple[Path, str, str]] = []
     for where, entry in _json_entries(path):
         if not isinstance(entry, dict) or "video" not in entry or "caption" not in entry:
             raise InputError(f"{where}: expected an object with 'video' and 'caption', "
                              f"got {str(entry)[:80]!r}")
+        if "split" in entry:  # an official file's video
+            if entry["split"] != split:
+                continue
+            entry = {**entry, "video": _official_name(card, entry["video"])}
         video, captions = entry["video"], entry["caption"]
         if not isinstance(video, str) or not video.strip():
             raise InputError(f"{where}: field 'video' must be a path, got {video!r}")
@@ -125,6 +164,16 @@ def read_msrvtt(card: DatasetCard, split: str) -> list[CaptionRecord]:
         for k, caption in enumerate(captions):
             rows.append((root / video.strip(), _caption(caption, f"{where}: caption[{k}]"), where))
     return _group(rows)
+
+
+def _official_name(card: DatasetCard, video_id: str) -> str:
+    default = DatasetCard.__dataclass_fields__["filename_pattern"].default  # Kinetics'
+    pattern = "{video_id}.mp4" if card.filename_pattern == default else card.filename_pattern
+    try:
+        return pattern.format(video_id=video_id)
+    except (KeyError, IndexError, ValueError) as err:
+        raise InputError(f"dataset {card.name}: filename_pattern {pattern!r} cannot be filled "
+                         f"from an MSR-VTT video_id (only {{video_id}}): {err!r}") from None
 
 
 _WEBVID_COLUMNS = ("videoid", "name")

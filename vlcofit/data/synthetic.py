@@ -20,7 +20,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -230,20 +230,25 @@ def make_demo_dataset(root: str | Path, *, per_class_train: int = 40, per_class_
 
     Deterministic for the parameters; skipped when ``root/meta.json`` records the same ones.
     """
-    if size % 2 or size < 16:
-        raise ValueError(f"size must be even and >= 16 (yuv420p), got {size}")
-    root = Path(root)
     # "captions" (their wording's version) came after the videos: a folder made before it is
     # rewritten once, with the same video bytes (the draws are unchanged)
     meta = {"version": _VERSION, "classes": list(DEMO_CLASSES), "per_class_train": per_class_train,
             "per_class_val": per_class_val, "size": size, "num_frames": num_frames, "fps": fps,
             "seed": seed, "captions": CAPTIONS_VERSION}
+    return write_generated(Path(root), meta, lambda split_index, per_class: _demo_clips(
+        per_class, [seed, split_index], size, num_frames))
+
+
+def write_generated(root: Path, meta: dict, clips_of: Callable[[int, int], Iterator]) -> Path:
+    """Write a generated dataset's two splits (``clips_of(split index, clips a class)`` gives
+    a split's clips, :func:`write_split`) unless ``root`` already holds one made with ``meta``
+    (which gives ``size``, ``fps`` and ``per_class_{train,val}``); returns ``root``."""
+    if meta["size"] % 2 or meta["size"] < 16:
+        raise ValueError(f"size must be even and >= 16 (yuv420p), got {meta['size']}")
     if already_made(root, meta, SPLIT_FILES):
         return root
-    for split_index, (split, per_class) in enumerate((("train", per_class_train),
-                                                      ("val", per_class_val))):
-        clips = _demo_clips(per_class, [seed, split_index], size, num_frames)
-        write_split(root, split, clips, fps)
+    for split_index, split in enumerate(("train", "val")):
+        write_split(root, split, clips_of(split_index, meta[f"per_class_{split}"]), meta["fps"])
     mark_made(root, meta)
-    logger.info("wrote the demo dataset to %s", root)
+    logger.info("wrote generated data to %s", root)
     return root

@@ -26,17 +26,14 @@ to probe or fine-tune. No horizontal flips: they would swap left and right.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from .synthetic import (CAPTIONS_VERSION, SHAPES, SPLIT_FILES, ClipParams, already_made,
-                        draw_clip, mark_made, write_split)
+from .synthetic import CAPTIONS_VERSION, SHAPES, ClipParams, draw_clip, write_generated
 from .synthetic import _VERSION as _DEMO_VERSION
 
-logger = logging.getLogger(__name__)
 
 DIRECTIONS = ("moving left", "moving right")  # demo classes whose motion the target reuses
 # class name -> (shape, demo motion class)
@@ -62,18 +59,8 @@ def make_demo_target(root: str | Path, *, per_class_train: int = 24, per_class_v
 
     Deterministic for the parameters; skipped when ``root/meta.json`` records the same ones.
     """
-    if size % 2 or size < 16:
-        raise ValueError(f"size must be even and >= 16 (yuv420p), got {size}")
-    root = Path(root)
     meta = {"version": _VERSION, "render_version": _DEMO_VERSION, "classes": list(TARGET_CLASSES),
             "per_class_train": per_class_train, "per_class_val": per_class_val, "size": size,
             "num_frames": num_frames, "fps": fps, "seed": seed, "captions": CAPTIONS_VERSION}
-    if already_made(root, meta, SPLIT_FILES):
-        return root
-    for split_index, (split, per_class) in enumerate((("train", per_class_train),
-                                                      ("val", per_class_val))):
-        clips = _target_clips(per_class, [seed, split_index, _STREAM], size, num_frames)
-        write_split(root, split, clips, fps)
-    mark_made(root, meta)
-    logger.info("wrote the demo target task to %s", root)
-    return root
+    return write_generated(Path(root), meta, lambda split_index, per_class: _target_clips(
+        per_class, [seed, split_index, _STREAM], size, num_frames))

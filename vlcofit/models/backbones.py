@@ -116,6 +116,14 @@ class Backbone(nn.Module):
         """Parameters used only by the text tower (frozen unless model.train_text)."""
         raise NotImplementedError
 
+    def loaded_parameter_names(self) -> set[str]:
+        """Names (within this module) whose values were read from a tag, file or folder."""
+        return {n for n, _ in self.named_parameters()} if self.pretrained else set()
+
+    def random_head_names(self) -> set[str]:
+        """Randomly initialised tensors on top of loaded ones (they train at ``train.lr_new``)."""
+        return set()
+
 
 # --------------------------------------------------------------------------- open_clip
 
@@ -140,8 +148,9 @@ class OpenCLIPBackbone(Backbone):
         self.tokenizer = tokenizer
         visual = model.visual
         visual.output_tokens = True
-        self.embed_dim = int(model.text_projection.shape[1]) if isinstance(
-            model.text_projection, nn.Parameter) else int(model.text_projection.out_features)
+        proj = getattr(model, "text_projection", None)  # None: a Hugging Face text tower
+        self.embed_dim = int(model.text.output_dim) if proj is None else int(
+            proj.shape[1]) if isinstance(proj, nn.Parameter) else int(proj.out_features)
         self.width = int(visual.conv1.out_channels)
         self.image_size = int(visual.image_size[0])
         self.patch_size = int(visual.patch_size[0])
@@ -216,10 +225,13 @@ def _build_open_clip(cfg: ModelConfig) -> Backbone:
         # A model-config JSON (shipped under configs/models or a path): register it by stem.
         path = resources.find("models", name)
         try:
-            json.loads(path.read_text())
+            spec = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise InputError(f"{path}: invalid model-config JSON: {e}") from None
         open_clip.add_model_config(path)
+        from . import hf_text
+        if hf_text.is_hf_text(spec):  # a Hugging Face text encoder: resolved and checked first
+            return hf_text.build_hf_text_clip(cfg, path.resolve(), spec)
         name = path.stem
     pretrained = cfg.pretrained
     if pretrained and not Path(pretrained).is_file():

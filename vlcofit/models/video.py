@@ -56,8 +56,11 @@ class VideoCLIP(nn.Module):
         # the backbone is the base model (``train.lr``) even when randomly initialised (tests,
         # training from scratch), but only weights read from a tag, file or folder (or from
         # ``model.init_from``: :func:`vlcofit.checkpoint.load_matching`) are transferred (L2-SP).
-        self.base_names = {f"backbone.{n}" for n, _ in backbone.named_parameters()}
-        self.loaded_names = set(self.base_names) if backbone.pretrained else set()
+        # A backbone may load only part of itself (a Hugging Face text encoder under a new
+        # projection, which is then a new parameter): it says which (Backbone.loaded_...).
+        fresh = backbone.random_head_names()
+        self.base_names = {f"backbone.{n}" for n, _ in backbone.named_parameters() if n not in fresh}
+        self.loaded_names = {f"backbone.{n}" for n in backbone.loaded_parameter_names()}
 
     # ------------------------------------------------------------------ parameters
 
