@@ -24,6 +24,8 @@ def test_shipped_prompt_files_are_the_split():
     for split, names in split_names().items():
         shipped = (resource_dir("prompts") / f"compositional_{split}.txt").read_text()
         assert shipped.splitlines() == names
+    every = (resource_dir("prompts") / "compositional_all.txt").read_text().splitlines()
+    assert every == [name(*c) for c in compositions()] and len(every) == 48
 
 
 def test_generator_writes_the_splits(tmp_path):

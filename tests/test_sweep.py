@@ -38,7 +38,7 @@ def _overrides(data: Path) -> list[str]:
 
 def test_sweep_runs_every_setting_then_resumes_without_training(demo_data, tmp_path, monkeypatch):
     extra = [*_overrides(demo_data), "sweep.probe=[demo]",
-             "sweep.finetune=[train.steps=1, train.lr=1e-4]"]
+             "sweep.finetune=[train.steps=1, train.lr=1e-4]", "sweep.zero_shot=['demo:val.csv:demo']"]
     out = tmp_path / "sweep"
     report = sweep("demo", extra, out, grid=["train.lr=1e-3,1e-2"], seeds=[0, 1])
     assert list(report["settings"]) == ["lr=1e-3", "lr=1e-2"]
@@ -51,11 +51,15 @@ def test_sweep_runs_every_setting_then_resumes_without_training(demo_data, tmp_p
             start = json.loads((run / "finetune" / "start.json").read_text())
             assert Path(start["checkpoint"]).parent.parent == run.resolve()
         runs = report["runs"][setting]
-        assert all({"demo/top1", "probe:demo/top1", "finetune:demo/top1"} <= set(r) for r in runs)
+        assert all({"demo/top1", "probe:demo/top1", "finetune:demo/top1", "zero_shot:demo:val/top1"}
+                   <= set(r) for r in runs)
+        # the zero-shot stage scores the run's own val split with its own names: its evaluation
+        assert all(r["zero_shot:demo:val/top1"] == pytest.approx(r["demo/top1"]) for r in runs)
         summary = report["summary"][setting]["probe:demo/top1"]
         values = [r["probe:demo/top1"] for r in runs]
         assert summary["mean"] == pytest.approx(sum(values) / 2)
-    assert report["shown"] == ["demo/top1", "probe:demo/top1", "finetune:demo/top1"]
+    assert report["shown"] == ["demo/top1", "probe:demo/top1", "zero_shot:demo:val/top1",
+                               "finetune:demo/top1"]
     table = (out / "sweep.md").read_text()
     assert "| lr=1e-2 |" in table and "sample std" in table
     assert (out / "sweep.png").stat().st_size > 0
@@ -78,6 +82,9 @@ def test_sweep_arms_from_the_config_and_bad_input(demo_data, tmp_path, monkeypat
     assert report["summary"]["decayed"]["demo/top1"] == {"mean": 50.0, "std": 0.0}
     with pytest.raises(InputError, match="nothing to sweep"):
         sweep("demo", _overrides(demo_data), tmp_path / "b")
+    with pytest.raises(InputError, match="sweep.zero_shot: 'demo:val.csv' is not DATASET:FILE"):
+        sweep("demo", [*_overrides(demo_data), arms, "sweep.zero_shot=['demo:val.csv']"],
+              tmp_path / "d")
     with pytest.raises(InputError, match="sweep.probe: 'nope' is not in datasets"):
         sweep("demo", [*_overrides(demo_data), arms, "sweep.probe=[nope]"], tmp_path / "c")
 

@@ -95,6 +95,18 @@ def test_loads_embeds_and_declares_depths(bert_json):
     assert b.is_embedding("clip.text.transformer.embeddings.position_embeddings.weight")
 
 
+
+def test_a_loaded_text_encoder_is_no_pretrained_image_start(bert_json):
+    """Re-initialising image blocks, and advise's transfer settings, need a loaded image tower;
+    a loaded text encoder beside a random image tower is not one."""
+    from vlcofit.advise import start_of
+    from vlcofit.errors import InputError
+    model = build_model(ModelConfig(name=str(bert_json)), NAMES, [TEMPLATES] * len(NAMES))
+    assert model.loaded_names and not model.image_tower_loaded()
+    assert not start_of(model).pretrained
+    with pytest.raises(InputError, match="model.reinit_last=1: the model has no pretrained start"):
+        model.reinit_last(1)
+
 def test_trainable_text_tower_gets_gradients_and_layer_decay(bert_json):
     cfg = ModelConfig(name=str(bert_json), train_text=True)
     model = build_model(cfg, NAMES, [TEMPLATES] * len(NAMES))
@@ -237,3 +249,20 @@ def test_minilm_package_loads_from_its_folder():
     with torch.no_grad():
         ours = class_embeddings(backbone, names, ("{}",))
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+    # a second build in the same process (the run's model rebuilt for zero-shot after training)
+    # takes the same path, though open_clip now knows the config's name
+    again = build_backbone(ModelConfig(name="tiny_minilm"))
+    assert type(again.clip.text) is type(text)
+
+
+def test_class_embeddings_of_a_dropout_encoder_are_deterministic(bert_json):
+    """BERT-style encoders have dropout: class embeddings (the frozen cache, zero-shot names)
+    are computed in eval mode whatever the model's mode, so two computations agree."""
+    model = build_model(ModelConfig(name=str(bert_json)), NAMES, [TEMPLATES] * len(NAMES))
+    model.train()
+    assert any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.backbone.modules())
+    a, b = model.embed_texts(NAMES, TEMPLATES), model.embed_texts(NAMES, TEMPLATES)
+    assert torch.equal(a, b) and model.training and model.backbone.training
+    cached = model.class_matrix()
+    model.eval()
+    torch.testing.assert_close(cached, model.embed_texts(NAMES, list(TEMPLATES)))

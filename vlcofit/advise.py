@@ -221,7 +221,9 @@ def start_of(model) -> Start:
     layers = model.backbone.num_layers("image") if "image" in towers else None
     declared = all(depth_of(model, n) is not None for n, p in model.named_parameters()
                    if p.requires_grad)
-    return Start(bool(model.loaded_names), layers, declared)
+    # the image side decides: a loaded text encoder beside a random image tower transfers
+    # nothing to re-initialise, freeze or pull back to
+    return Start(model.image_tower_loaded(), layers, declared)
 
 
 def check_advice(cfg: ExperimentConfig, model, fragments: Sequence[str]) -> ExperimentConfig:

@@ -24,7 +24,8 @@ def _print_table(metrics: dict[str, float], title: str) -> None:
 
 
 def cmd_demo(args) -> None:
-    from .runs import SWEEP_DEMOS, run_demo, run_sweep_demo
+    from .demos import SWEEP_DEMOS
+    from .runs import run_demo, run_sweep_demo
     if args.which in SWEEP_DEMOS:
         from .sweep import format_table
         report = run_sweep_demo(Path(args.out), args.set, args.which, fresh=not args.keep)
@@ -240,12 +241,12 @@ SET_HELP = "override a config value, e.g. --set train.steps=100 (repeatable)"
 
 def _add_run_commands(sub) -> None:
     """demo, train, eval."""
+    from .demos import DEMOS, SWEEP_DEMOS
     d = sub.add_parser("demo", help="generate synthetic videos, train and evaluate a tiny model")
     d.add_argument("which", nargs="?", default="classification",
-                   choices=["classification", "localization", "cofinetune", "granularity",
-                            "transfer"],
-                   help="which built-in demo (default: classification); granularity and "
-                        "transfer are 3-seed sweeps (README)")
+                   choices=[*DEMOS, *SWEEP_DEMOS],
+                   help="which built-in demo (default: classification); "
+                        f"{', '.join(SWEEP_DEMOS)} are 3-seed sweeps (README)")
     d.add_argument("--out", default="runs/demo", help="folder for the data and the run")
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     d.add_argument("--keep", action="store_true", help="keep an existing demo run (resume it)")

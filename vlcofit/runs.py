@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .config import ExperimentConfig, load_experiment
+from .demos import DEMOS, SWEEP_DEMOS
 from .experiment import build_dataset, build_labels, build_loader
 from .runmodel import model_for_eval
 from .tasks import task_of
@@ -44,6 +45,7 @@ def demo_generators() -> dict:
     folder it wrote (the card's root)."""
     from .data.synthetic import make_demo_dataset
     from .data.synthetic_ava import make_demo_ava
+    from .data.synthetic_compositional import make_compositional
     from .data.synthetic_target import make_demo_target
 
     def demo_captions(root: Path) -> Path:
@@ -52,13 +54,10 @@ def demo_generators() -> dict:
         return make_demo_dataset(Path(root).parent / "demo")
 
     return {"demo": make_demo_dataset, "demo_captions": demo_captions,
-            "demo_target": make_demo_target, "demo_ava": make_demo_ava}
+            "demo_target": make_demo_target, "demo_ava": make_demo_ava,
+            "compositional": make_compositional}
 
 
-DEMOS = {"classification": "demo", "localization": "demo_ava", "cofinetune": "cofinetune_demo"}
-# Built-in experiments run as sweeps (setting x seed); "transfer" starts from the classification
-# demo's run, fine-tuned on another task.
-SWEEP_DEMOS = {"granularity": "granularity_demo", "transfer": "transfer_demo"}
 
 
 def _demo_data(name: str, out: Path) -> list[str]:

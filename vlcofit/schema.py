@@ -176,6 +176,9 @@ class SweepConfig:
     probe: tuple[str, ...] = ()  # datasets: frozen-encoder linear probe of each run's encoder
     # overrides of a follow-up run initialised from each run (the arm's own overrides not applied)
     finetune: tuple[str, ...] = ()
+    # zero-shot on names never trained on, after each run: "DATASET:FILE:PROMPTS" (a `path,label`
+    # CSV under that dataset's root, scored against a prompt file; `vlcofit zero-shot`'s code)
+    zero_shot: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ()  # keys in the table and plot (default: headline metrics)
 
 

@@ -3,7 +3,8 @@
 A setting is a named list of ``--set`` overrides: the config's ``sweep.arms``, or a cartesian
 ``--grid key=v1,v2`` from the command line. After each run, transfer can be measured two ways
 (Mahdisoltani et al. 2018's protocol): a frozen-encoder linear probe on other datasets
-(``sweep.probe``) and a follow-up fine-tune initialised from the run (``sweep.finetune``).
+(``sweep.probe``) and a follow-up fine-tune initialised from the run (``sweep.finetune``);
+and zero-shot on names never trained on (``sweep.zero_shot``).
 ``vlcofit compare`` is the sweep over ``train.schedule``. Every ± is the sample std over seeds.
 
 Layout under ``out``: ``<setting>/seed<N>/`` (a run folder), ``.../finetune/``, ``.../probe/``;
@@ -104,6 +105,30 @@ def probe_transfer(config: str, overrides: list[str], name: str, run: Path, seed
     return linear_probe(*feats, rows, len(classes), seed)
 
 
+def _zero_shot_item(cfg, item: str) -> list[str]:
+    parts = item.split(":")
+    if len(parts) != 3 or parts[0] not in cfg.datasets or not all(parts):
+        raise InputError(f"sweep.zero_shot: {item!r} is not DATASET:FILE:PROMPTS with DATASET in "
+                         f"datasets ({', '.join(cfg.datasets)})")
+    return parts
+
+
+def zero_shot_transfer(config: str, overrides: list[str], item: str, run: Path) -> dict:
+    """``sweep.zero_shot`` item "DATASET:FILE:PROMPTS": ``run`` scored zero-shot (the
+    ``zero-shot`` command's code, protocol full) on FILE under DATASET's root against PROMPTS;
+    keys ``zero_shot:<prompts>:<file stem>/<metric>``."""
+    from .zeroshot import run_zero_shot
+
+    cfg = load_experiment(config, overrides)
+    parts = _zero_shot_item(cfg, item)
+    card = cfg.datasets[parts[0]]
+    result = run_zero_shot(None, str(Path(card.root) / parts[1]), parts[2], card.templates,
+                           weights=str(run), num_frames=card.num_frames,
+                           batch_size=cfg.eval.batch_size, num_workers=cfg.train.num_workers,
+                           cache=run / "features")
+    return {f"zero_shot:{parts[2]}:{k}": v for k, v in result.metrics.items()}
+
+
 def _one(config: str, overrides: list[str], arm: tuple[str, ...], seed: int, run: Path,
          spec) -> dict[str, float]:
     """One setting x seed: its run, then the transfer measures ``spec`` (SweepConfig) asks for."""
@@ -112,6 +137,8 @@ def _one(config: str, overrides: list[str], arm: tuple[str, ...], seed: int, run
     for name in spec.probe:
         probe = probe_transfer(config, overrides, name, run, seed)
         metrics[f"probe:{name}/top1"] = probe["top1"]
+    for item in spec.zero_shot:
+        metrics.update(zero_shot_transfer(config, overrides, item, run))
     if spec.finetune:
         ft = train_or_resume(config, [*overrides, *spec.finetune, f"train.seed={seed}",
                                       f"model.init_from={run}"], run / "finetune")
@@ -133,6 +160,8 @@ def sweep(config: str, overrides: list[str], out: Path, grid: list[str] | None =
     for name in spec.probe:
         if name not in cfg.datasets:
             raise InputError(f"sweep.probe: {name!r} is not in datasets ({', '.join(cfg.datasets)})")
+    for item in spec.zero_shot:
+        _zero_shot_item(cfg, item)
     seeds = list(seeds if seeds is not None else spec.seeds)
     out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict[str, float]]] = {}
@@ -166,7 +195,8 @@ def _shown(config: str, overrides: list[str], spec, keys: list[str]) -> list[str
                              f"({', '.join(keys)})")
         return list(spec.metrics)
     shown = headline_metrics(load_experiment(config, overrides))
-    shown += [k for k in keys if k.startswith("probe:")]
+    shown += [k for k in keys if k.startswith("probe:") or
+              (k.startswith("zero_shot:") and k.endswith("/top1"))]
     if spec.finetune:
         ft = load_experiment(config, [*overrides, *spec.finetune])
         shown += [f"finetune:{k}" for k in headline_metrics(ft)]

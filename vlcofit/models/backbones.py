@@ -220,8 +220,10 @@ def _build_open_clip(cfg: ModelConfig) -> Backbone:
     import open_clip
 
     name = cfg.name
-    if name.endswith(".json") or (not name.startswith(("hf-hub:", "local-dir:"))
-                                  and name not in open_clip.list_models()):
+    # a shipped model config first: building one registers it with open_clip under its stem,
+    # and a later build in the same process must still take this path (its text tower)
+    if name.endswith(".json") or name in resources.list_resources("models") or (
+            not name.startswith(("hf-hub:", "local-dir:")) and name not in open_clip.list_models()):
         # A model-config JSON (shipped under configs/models or a path): register it by stem.
         path = resources.find("models", name)
         try:

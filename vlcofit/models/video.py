@@ -3,6 +3,8 @@ against rows of one text-embedding label space (or a random-init linear head, fo
 """
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import math
 from typing import Callable, Sequence
@@ -74,11 +76,17 @@ class VideoCLIP(nn.Module):
         self.base_names |= own
         self.loaded_names |= own
 
+    def image_tower_loaded(self) -> bool:
+        """Whether the image tower starts from loaded weights (a loaded text encoder beside a
+        random image tower is not a pretrained start for the image side)."""
+        return any((self.backbone.depth_of(n[len("backbone."):]) or ("",))[0] == "image"
+                   for n in self.loaded_names if n.startswith("backbone."))
+
     def reinit_last(self, n: int) -> list[str]:
         """``model.reinit_last``: re-initialise the last ``n`` image-tower blocks (they become new
         parameters); returns their names."""
         from ..errors import InputError
-        if not self.loaded_names:
+        if not self.image_tower_loaded():
             raise InputError(f"model.reinit_last={n}: the model has no pretrained start (random-init "
                              f"backbone, no model.pretrained / init_from): nothing to re-initialise from")
         layers = self.backbone.num_layers("image")
@@ -115,8 +123,8 @@ class VideoCLIP(nn.Module):
     # ------------------------------------------------------------------ text
 
     def embed_texts(self, names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
-        """Any class names -> [C, E] (zero-shot with new labels). No gradient."""
-        with torch.no_grad():
+        """Any class names -> [C, E] (zero-shot with new labels). No gradient, eval mode."""
+        with torch.no_grad(), _eval_mode(self.backbone):
             return class_embeddings(self.backbone, names, templates)
 
     def class_matrix(self, rows: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
@@ -127,7 +135,10 @@ class VideoCLIP(nn.Module):
         if self.train_text and self.training:
             return self._encode_sampled(rows)
         if self._text_cache is None or self._text_cache.device != self.logit_scale.device:
-            with torch.no_grad(), torch.autocast(self.logit_scale.device.type, enabled=False):
+            # eval mode: a text encoder with dropout (Hugging Face BERTs) would bake one random
+            # dropout draw into the cached class embeddings
+            with torch.no_grad(), torch.autocast(self.logit_scale.device.type, enabled=False), \
+                    _eval_mode(self.backbone):
                 self._text_cache = self._encode_label_space().float()
         return self._text_cache if rows is None else self._text_cache[rows]
 
@@ -226,6 +237,17 @@ class VideoCLIP(nn.Module):
         if head is None:
             return self.classify(emb, rows)
         return head(self, emb, token_map)
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module):
+    """``module`` in eval mode inside the block, its own mode restored after."""
+    was = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was)
 
 
 def build_model(cfg: ModelConfig, class_names: Sequence[str],
