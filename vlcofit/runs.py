@@ -87,8 +87,9 @@ def run_sweep_demo(out: Path, overrides: list[str], which: str, fresh: bool = Tr
         if finished_metrics(start) is None:  # the start: trained once, kept
             run_demo(out, [], "classification", fresh=False)
         base.append(f"model.init_from={out / 'classification'}")
-        advice = advise(load_experiment(name, base), run_dir / "advice")
-        arms = {**load_experiment(name, base).sweep.arms, "advised": tuple(advice["set"])}
+        cfg = load_experiment(name, base)
+        advice = advise(cfg, run_dir / "advice")
+        arms = {**cfg.sweep.arms, "advised": tuple(advice["set"])}
     report = sweep(name, base, run_dir, arms=arms)
     if arms is not None:
         report["advice_check"] = best_versus(report, "advised", report["shown"][0])

@@ -3,16 +3,17 @@ compositions of what is seen, colour x shape x motion ("a red circle moving left
 seen and unseen compositions for zero-shot on names never trained on.
 
 Every colour, shape and motion appears in the seen compositions; some combinations never do
-(:func:`unseen`): a model can only name an unseen clip by composing words it learned apart,
-which needs a text tower that knows what the words mean (a pretrained language model), not one
-that learned each class name as a token string.
+(:func:`unseen`): a model can only name an unseen clip by composing words it learned apart.
+Each unseen name is the only unseen one with its colour and shape, so against the unseen names
+alone shared words suffice (a random text tower does well too, README); scoring against all 48
+names (``compositional_all``) is the harder, generalised test.
 
 The clips use the demo's renderer (:mod:`vlcofit.data.synthetic`: shape with an orientation
 dot, motion echo, textured dark background), with the shape in its colour. Layout under
 ``root``: ``train/``, ``val/`` (mp4), ``train.csv`` (seen compositions), ``val_seen.csv`` and
 ``val_unseen.csv`` (held-out clips of each kind), ``meta.json``. The class names are shipped
-prompt files, ``prompts/compositional_seen.txt`` and ``compositional_unseen.txt``
-(:func:`split_names`). No horizontal flips: they would swap left and right.
+prompt files, ``prompts/compositional_seen.txt``, ``compositional_unseen.txt`` (:func:`split_names`)
+and ``compositional_all.txt`` (every composition). No horizontal flips: they would swap left and right.
 """
 from __future__ import annotations
 
