@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from vlcofit.cli import main
 from vlcofit.data.synthetic import make_demo_dataset
@@ -247,15 +248,23 @@ def _truncate(path: Path) -> None:
 
 CHECKPOINT_CASES = [
     # (file in the checkpoint, how it is spoiled, command, expected message)
-    ("optimizer.pt", _truncate, "resume", "optimizer.pt: corrupt or truncated"),
-    ("optimizer.pt", lambda p: p.write_bytes(b"this is not a pickle"), "resume",
-     "optimizer.pt: corrupt or truncated, or not a tensor file"),
+    ("optimizer.bin", _truncate, "resume", "optimizer.bin: corrupt or truncated"),
+    ("optimizer.bin", lambda p: p.write_bytes(b"this is not a pickle"), "resume",
+     "optimizer.bin: corrupt or truncated, or not a tensor file"),
     ("scheduler.pt", lambda p: torch.save({"x": Evil()}, p), "resume",
      "scheduler.pt: refused: the file holds objects other than tensors and plain containers "
      f"({__name__}.Evil)"),
-    ("rng_0.pt", lambda p: p.write_bytes(b""), "resume", "rng_0.pt: corrupt or truncated"),
-    ("optimizer.pt", lambda p: torch.save({"state": 3}, p), "resume",
-     "optimizer.pt: does not fit this run's"),
+    ("random_states_0.pkl", lambda p: torch.save({"x": Evil()}, p), "resume",
+     "random_states_0.pkl: refused: the file holds objects other than tensors"),
+    ("random_states_0.pkl", lambda p: p.write_bytes(b""), "resume",
+     "random_states_0.pkl: corrupt or truncated"),
+    ("optimizer.bin", lambda p: torch.save({"state": 3}, p), "resume",
+     "step_000001: its optimizer or scaler state does not fit this run's"),
+    ("optimizer.bin", lambda p: p.unlink(), "resume", "step_000001: incomplete checkpoint"),
+    ("optimizer.bin", lambda p: p.rename(p.with_name("optimizer.pt")), "resume",
+     "written by an earlier vlcofit (optimizer.pt, rng_*.pt)"),
+    ("model.safetensors", lambda p: save_file({"x": torch.zeros(2)}, p), "resume",
+     "model.safetensors: weights do not fit this model (missing"),
     ("state.json", lambda p: p.write_text('{"step": '), "resume",
      "state.json: corrupt checkpoint state"),
     ("model.safetensors", lambda p: p.write_bytes(b"garbage" * 100), "resume",

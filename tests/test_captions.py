@@ -220,6 +220,18 @@ def test_contrastive_loss_equals_direct_computation():
     assert 0 <= float(same) < float(contrastive_loss(v, t, 100.0))
 
 
+def test_sigmoid_loss_equals_siglip_formula():
+    """big_vision's SigLIP loss: labels 2 * eye - 1, -sum(log_sigmoid(labels * logits)) / n."""
+    g = torch.Generator().manual_seed(1)
+    v, t = torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g)
+    vn, tn = v / v.norm(dim=1, keepdim=True), t / t.norm(dim=1, keepdim=True)
+    logits = 10.0 * vn @ tn.t() - 4.0
+    labels = 2 * torch.eye(5) - 1
+    want = -torch.nn.functional.logsigmoid(labels * logits).sum() / 5
+    got = contrastive_loss(v, t, 10.0, torch.tensor(-4.0))
+    assert float(got) == pytest.approx(float(want), rel=1e-6)
+
+
 SCRIPT = """
 import json, os, sys
 import torch
@@ -232,10 +244,15 @@ V, T = torch.randn(8, 16, generator=g), torch.randn(8, 16, generator=g)
 r, b = acc.process_index, 4
 v = V[r * b:(r + 1) * b].clone().requires_grad_()
 t = T[r * b:(r + 1) * b].clone().requires_grad_()
-scale = torch.tensor(7.0, requires_grad=True)
-loss = contrastive_loss(v, t, scale)
-loss.backward()
-out = [acc.num_processes, float(loss), v.grad.tolist(), t.grad.tolist(), float(scale.grad)]
+out = []
+for sigmoid in (False, True):  # CLIP's InfoNCE, SigLIP's pairwise sigmoid (with a bias)
+    v.grad = t.grad = None
+    scale = torch.tensor(7.0, requires_grad=True)
+    bias = torch.tensor(-3.0, requires_grad=True) if sigmoid else None
+    loss = contrastive_loss(v, t, scale, bias)
+    loss.backward()
+    out.append([acc.num_processes, float(loss), v.grad.tolist(), t.grad.tolist(),
+                float(scale.grad), float(bias.grad) if sigmoid else 0.0])
 open(os.path.join({tmp!r}, f"rank{{r}}.json"), "w").write(json.dumps(out))
 end_processes()
 os._exit(0)  # see launch_two in conftest.py
@@ -245,22 +262,27 @@ os._exit(0)  # see launch_two in conftest.py
 def test_two_process_loss_and_gradients_equal_one_process(tmp_path, launch_two):
     script = _write(tmp_path / "run.py", SCRIPT.format(tmp=str(tmp_path)))
     launch_two([script], port=29700)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert [r[0] for r in ranks] == [2, 2]
-    g = torch.Generator().manual_seed(0)
-    v = torch.randn(8, 16, generator=g).requires_grad_()
-    t = torch.randn(8, 16, generator=g).requires_grad_()
-    scale = torch.tensor(7.0, requires_grad=True)
-    loss = contrastive_loss(v, t, scale)
-    loss.backward()
-    loss = loss.detach()
-    # the mean over processes (what is logged, and what DDP's gradient average takes) is the
-    # global loss; each process holds N x the global gradient of its rows, DDP divides by N
-    assert (ranks[0][1] + ranks[1][1]) / 2 == pytest.approx(float(loss), rel=1e-6)
-    for k, grad in ((2, v.grad), (3, t.grad)):
-        both = torch.tensor(ranks[0][k] + ranks[1][k]) / 2
-        assert torch.allclose(both, grad, atol=1e-6)
-    assert (ranks[0][4] + ranks[1][4]) / 2 == pytest.approx(float(scale.grad), rel=1e-5)
+    both_ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for variant, sigmoid in enumerate((False, True)):
+        ranks = [r[variant] for r in both_ranks]
+        assert [r[0] for r in ranks] == [2, 2]
+        g = torch.Generator().manual_seed(0)
+        v = torch.randn(8, 16, generator=g).requires_grad_()
+        t = torch.randn(8, 16, generator=g).requires_grad_()
+        scale = torch.tensor(7.0, requires_grad=True)
+        bias = torch.tensor(-3.0, requires_grad=True) if sigmoid else None
+        loss = contrastive_loss(v, t, scale, bias)
+        loss.backward()
+        loss = loss.detach()
+        # the mean over processes (what is logged, and what DDP's gradient average takes) is the
+        # global loss; each process holds N x the global gradient of its rows, DDP divides by N
+        assert (ranks[0][1] + ranks[1][1]) / 2 == pytest.approx(float(loss), rel=1e-6)
+        for k, grad in ((2, v.grad), (3, t.grad)):
+            both = torch.tensor(ranks[0][k] + ranks[1][k]) / 2
+            assert torch.allclose(both, grad, atol=1e-6)
+        assert (ranks[0][4] + ranks[1][4]) / 2 == pytest.approx(float(scale.grad), rel=1e-5)
+        if sigmoid:
+            assert (ranks[0][5] + ranks[1][5]) / 2 == pytest.approx(float(bias.grad), rel=1e-5)
 
 
 # --------------------------------------------------------------------------- metrics

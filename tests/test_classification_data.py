@@ -221,6 +221,10 @@ def test_train_items_reproducible_per_seed_epoch_index(videos):
     assert not torch.equal(item["video"], data[0]["video"])
     data.set_epoch(0)
     assert torch.equal(item["video"], data[0]["video"])
+    # an EpochBatches index past the records: the same record one epoch later
+    later = data[len(data)]
+    data.set_epoch(1)
+    assert later["index"] == 0 and torch.equal(later["video"], data[0]["video"])
 
 
 def test_train_substitutes_a_bad_video(videos):

@@ -29,7 +29,8 @@ def test_shipped_prompt_files_are_the_split():
 
 
 def test_generator_writes_the_splits(tmp_path):
-    root = make_compositional(tmp_path, per_class_train=1, per_class_val=1, size=32, num_frames=4)
+    root = make_compositional(tmp_path, per_class_train=1, per_class_val=1, per_class_fewshot=2,
+                              size=32, num_frames=4)
     names = split_names()
 
     def labels(file):
@@ -38,8 +39,13 @@ def test_generator_writes_the_splits(tmp_path):
     assert sorted(labels("train.csv")) == sorted(names["seen"])
     assert sorted(labels("val_seen.csv")) == sorted(names["seen"])
     assert sorted(labels("val_unseen.csv")) == sorted(names["unseen"])
+    # the few-shot pool: unseen compositions only, twice each, in files of their own
+    assert sorted(labels("train_unseen.csv")) == sorted(names["unseen"] * 2)
+    paths = [(root / f).read_text().splitlines()[1:] for f in ("train.csv", "train_unseen.csv")]
+    assert not {r.split(",")[0] for r in paths[0]} & {r.split(",")[0] for r in paths[1]}
     before = (root / "train" / "000000.mp4").read_bytes()
-    make_compositional(tmp_path, per_class_train=1, per_class_val=1, size=32, num_frames=4)
+    make_compositional(tmp_path, per_class_train=1, per_class_val=1, per_class_fewshot=2,
+                       size=32, num_frames=4)
     assert (root / "train" / "000000.mp4").read_bytes() == before  # made once, kept
     again = make_compositional(tmp_path / "b", per_class_train=1, per_class_val=1, size=32,
                                num_frames=4)

@@ -6,7 +6,11 @@ import math
 import numpy as np
 import pytest
 
-from vlcofit.data.sampling import (clip_at_time, dense_indices, sample_indices, tsn_indices)
+from accelerate.data_loader import SeedableRandomSampler
+from torch.utils.data import BatchSampler
+
+from vlcofit.data.sampling import (EpochBatches, clip_at_time, dense_indices, sample_indices,
+                                   tsn_indices)
 
 
 def test_tsn_eval_centre_frames():
@@ -78,3 +82,23 @@ def test_clip_at_time():
     assert clip_at_time(2.0, 30.0, 8, 2) == [52, 54, 56, 58, 60, 62, 64, 66]
     assert clip_at_time(0.1, 30.0, 4, 2, n=100) == [0, 1, 3, 5]
     assert clip_at_time(3.3, 30.0, 4, 2, n=100) == [95, 97, 99, 99]
+
+
+def test_epoch_batches_are_endless_seeded_epochs_in_the_old_order():
+    """Epoch after epoch without end, item e * n + i for record i of epoch e; each epoch's order
+    is what Accelerate's seedable sampler (seed + epoch) and a dropping BatchSampler gave."""
+    n, batch, seed = 10, 3, 7
+    batches = EpochBatches(n, batch, seed)
+    assert len(batches) == 3 and batches.drop_last
+    it = iter(batches)
+    ours = [next(it) for _ in range(3 * 4)]  # 4 epochs
+    old = SeedableRandomSampler(range(n), data_seed=seed)
+    for epoch in range(4):
+        old.set_epoch(epoch)
+        want = [[i + epoch * n for i in b] for b in BatchSampler(old, batch, drop_last=True)]
+        assert ours[3 * epoch:3 * epoch + 3] == want
+    assert all(len(b) == batch for b in ours)
+    first = [i for b in ours[:3] for i in b]
+    assert len(set(first)) == 9 and all(0 <= i < n for i in first)  # no repeats within an epoch
+    again = iter(EpochBatches(n, batch, seed))
+    assert [next(again) for _ in range(6)] == ours[:6]  # seeded: the same on every process

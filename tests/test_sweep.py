@@ -131,3 +131,38 @@ def test_best_versus_overlapping_intervals():
     check = best_versus(report, "c", m)
     assert check["best"] == "a" and not check["within_one_std"]
     assert best_versus(report, "a", m)["within_one_std"]
+
+
+def test_curve_few_shot_and_a_linear_head_without_zero_shot(demo_data, tmp_path):
+    """A learning curve from each run's evaluations with the step the seed mean reaches a level;
+    few-shot fine-tunes from each run under its own setting (the linear arm's model is linear);
+    zero-shot skipped (not an error) for the linear head, which has no rows for new names."""
+    extra = [*_overrides(demo_data), "train.steps=4", "train.eval_every=2", "train.save_every=4",
+             "sweep.curve=demo/top1", "sweep.reach=0", "sweep.few_shot=demo",
+             "sweep.few_shot_k=[1]", "sweep.few_shot_set=[train.steps=1, train.save_every=1]",
+             "sweep.zero_shot=['demo:val.csv:demo']"]
+    out = tmp_path / "sweep"
+    arms = {"text": (), "linear": ("model.head=linear",)}
+    report = sweep("demo", extra, out, arms=arms, seeds=[0, 1])
+    for setting in arms:
+        curve = report["curve"]["settings"][setting]
+        assert curve["steps"] == [2, 4] and len(curve["mean"]) == 2
+        assert curve["steps_to_reach"] == 2  # top-1 >= 0 at the first evaluation
+        folder = out / report["settings"][setting]["folder"]
+        at_2 = [next(r["demo/top1"] for r in map(json.loads, (folder / f"seed{s}" / "metrics.jsonl")
+                                                .read_text().splitlines())
+                     if r["step"] == 2 and "demo/top1" in r) for s in (0, 1)]
+        assert curve["mean"][0] == pytest.approx(sum(at_2) / 2)
+        for seed in (0, 1):
+            fs = folder / f"seed{seed}" / "few_shot"
+            assert (fs / f"k1_seed{seed}" / "start.json").is_file()  # initialised from the run
+            cfg = (fs / f"k1_seed{seed}" / "config.yaml").read_text()
+            assert ("head: linear" in cfg) == (setting == "linear")
+        assert all("few_shot:demo:k1/top1" in r for r in report["runs"][setting])
+    assert all("zero_shot:demo:val/top1" in r for r in report["runs"]["text"])
+    assert not any("zero_shot:demo:val/top1" in r for r in report["runs"]["linear"])
+    table = (out / "sweep.md").read_text()
+    assert "steps to demo/top1 >= 0" in table and "| linear |" in table
+    assert all((out / f).is_file() for f in ("sweep_curve.png", "sweep_fewshot.png"))
+    with pytest.raises(InputError, match="sweep.few_shot: 'nope' is not in datasets"):
+        sweep("demo", [*extra, "sweep.few_shot=nope"], tmp_path / "bad", arms=arms)

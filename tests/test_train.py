@@ -71,8 +71,32 @@ def test_train_checkpoint_eval_zero_shot(demo_data, tmp_path, backbone):
     assert manifest["val/count"] == 16
 
 
-def test_resume_equals_uninterrupted(demo_data, tmp_path, monkeypatch):
-    full = small_config(demo_data, tmp_path / "full", "open_clip", "train.eval_every=0")
+def test_grad_accum_equals_one_batch_of_the_same_clips(demo_data, tmp_path):
+    """2 micro-batches of 2 clips (synchronised by Accelerate on the last) make the step one
+    batch of those 4 clips makes: the seeded sampler orders them alike."""
+    weights = []
+    for name, batch, accum, lr in (("big", 4, 1, 1e-2), ("accum", 2, 2, 1e-2), ("still", 4, 1, 0)):
+        cfg = small_config(demo_data, tmp_path / name, "open_clip", "train.steps=1",
+                           f"train.batch_size={batch}", f"train.grad_accum={accum}",
+                           "train.warmup_steps=0", "train.eval_every=0", "train.save_every=1",
+                           f"train.lr={lr}", f"train.lr_new={lr}")
+        train(cfg)
+        weights.append(load_file(tmp_path / name / "checkpoints" / "step_000001" /
+                                 "model.safetensors"))
+    for key in weights[0]:  # "big" and "accum"
+        # Adam: update ~1e-2 per weight; float rounding of the summed gradients moves ~1e-6
+        torch.testing.assert_close(weights[1][key], weights[0][key], rtol=1e-4, atol=1e-5)
+    rows = [json.loads((tmp_path / n / "metrics.jsonl").read_text().splitlines()[0])
+            for n in ("big", "accum")]
+    assert rows[1]["train/loss"] == pytest.approx(rows[0]["train/loss"], rel=1e-5)
+    moved = "backbone.clip.visual.transformer.resblocks.0.mlp.c_fc.weight"
+    assert not torch.allclose(weights[0][moved], weights[2][moved])  # not a no-op step
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_resume_equals_uninterrupted(demo_data, tmp_path, monkeypatch, accum):
+    full = small_config(demo_data, tmp_path / "full", "open_clip", "train.eval_every=0",
+                        f"train.grad_accum={accum}", f"train.batch_size={4 // accum}")
     train(full)
 
     calls = {"n": 0}
@@ -84,7 +108,8 @@ def test_resume_equals_uninterrupted(demo_data, tmp_path, monkeypatch):
             raise KeyboardInterrupt  # the process dies during step 3; step 2 was checkpointed
         return real_step(*args, **kwargs)
 
-    part = small_config(demo_data, tmp_path / "part", "open_clip", "train.eval_every=0")
+    part = small_config(demo_data, tmp_path / "part", "open_clip", "train.eval_every=0",
+                        f"train.grad_accum={accum}", f"train.batch_size={4 // accum}")
     monkeypatch.setattr(train_mod, "_optimizer_step", killed_after_two)
     with pytest.raises(KeyboardInterrupt):
         train(part)

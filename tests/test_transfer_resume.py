@@ -71,7 +71,7 @@ def test_sequential_downstream_has_its_own_warmup_cosine_and_optimizer(tmp_path,
     assert max(lr[s] for s in range(boundary, 9)) == pytest.approx(1e-3)
     assert lr[8] == pytest.approx(0.0, abs=1e-12)
     # a fresh optimizer: Adam's step count in the last checkpoint counts downstream steps only
-    opt = torch.load(run / "checkpoints" / "step_000008" / "optimizer.pt", weights_only=True)
+    opt = torch.load(run / "checkpoints" / "step_000008" / "optimizer.bin", weights_only=True)
     assert {int(s["step"]) for s in opt["state"].values()} == {8 - boundary}
 
 

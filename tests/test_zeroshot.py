@@ -45,13 +45,16 @@ def test_parse_protocols():
 
 
 class _Scorer(nn.Module):
-    """view_scores needs only ``logit_scale`` (for the device) and ``score``."""
+    """view_scores needs only ``logit_scale`` (for the device), ``score``, ``probabilities``."""
     def __init__(self):
         super().__init__()
         self.logit_scale = nn.Parameter(torch.zeros(()))
 
     def score(self, emb, text):
         return 10 * emb @ text.t()
+
+    def probabilities(self, logits):
+        return logits.softmax(dim=-1)
 
 
 def test_subset_scoring_ranks_among_the_subset_only():

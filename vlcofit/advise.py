@@ -217,7 +217,7 @@ def start_model(cfg: ExperimentConfig, labels):
 def start_of(model) -> Start:
     from .optim import depth_of
 
-    towers = model.backbone.towers
+    towers = model.backbone.tower_names()
     layers = model.backbone.num_layers("image") if "image" in towers else None
     declared = all(depth_of(model, n) is not None for n, p in model.named_parameters()
                    if p.requires_grad)

@@ -45,7 +45,7 @@ from .experiment import build_loader
 logger = logging.getLogger(__name__)
 
 FORMAT = 2  # bump when the stored layout or the meaning of the key changes
-_SKIP_PREFIXES = ("linear.", "box_head.", "logit_scale")  # do not change video embeddings
+_SKIP_PREFIXES = ("linear.", "box_head.", "logit_scale", "logit_bias")  # do not change video embeddings
 DECODE_FIELDS = ("num_frames", "sampling", "frame_stride", "test_clips", "test_crops", "decoder")
 
 

@@ -1,17 +1,25 @@
 """Checkpoints: written to a temporary folder and moved into place, so a killed run never
 leaves a half-written checkpoint; loaded safely (safetensors, ``torch.load(weights_only=True)``).
 
-Layout of ``<run>/checkpoints/step_000200/``: ``model.safetensors`` (weights),
-``optimizer.pt``, ``scheduler.pt``, ``scaler.pt`` (fp16 only), ``rng_<rank>.pt`` (each
-process's random state), ``state.json`` (step). ``<run>/checkpoints/latest`` names the newest.
+The resumable state is Accelerate's own (``Accelerator.save_state`` / ``load_state``), so one
+code path serves every strategy Accelerate runs (DDP; FSDP and DeepSpeed shard the model and
+optimizer state their own way). Layout of ``<run>/checkpoints/step_000200/``:
+``model.safetensors`` (the full weights, unsharded: what evaluation, ``predict`` and
+``model.init_from`` read; under a sharding strategy gathered with
+``Accelerator.get_state_dict``), Accelerate's ``optimizer.bin`` (or its sharded files),
+``random_states_<rank>.pkl`` (each process's random state) and ``scaler.pt`` (fp16), and
+vlcofit's ``scheduler.pt`` (the phase's schedule is rebuilt on resume, not prepared by
+Accelerate) and ``state.json`` (step). ``<run>/checkpoints/latest`` names the newest.
+Every file is checked (readable, safe, fitting the model) before Accelerate loads it, so a
+corrupt one is named in a clear error.
 """
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import os
 import pickle
-import random
 import re
 import shutil
 import warnings
@@ -22,11 +30,17 @@ import numpy as np
 import torch
 import torch.nn as nn
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file
 
 from .errors import InputError
 
 logger = logging.getLogger(__name__)
+
+# What NumPy's pickled arrays need (Accelerate's random states; the same list Accelerate's own
+# loader allows): array reconstruction, and bytes as protocol 2 pickles them
+_NUMPY_GLOBALS = [(np._core if hasattr(np, "_core") else np.core).multiarray._reconstruct,
+                  np.ndarray, np.dtype, codecs.encode,
+                  *([np.dtypes.UInt32DType] if hasattr(np, "dtypes") else [])]
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -35,28 +49,12 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-        "numpy_meta": torch.tensor([np_state[2], np_state[3]], dtype=torch.int64),
-        "numpy_gauss": torch.tensor(np_state[4], dtype=torch.float64),
-        "python": torch.tensor(random.getstate()[1], dtype=torch.int64),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    meta = state["numpy_meta"].tolist()
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), meta[0], meta[1],
-                         float(state["numpy_gauss"])))
-    random.setstate((3, tuple(state["python"].tolist()), None))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+MODEL_FILE = "model.safetensors"
+SCHEDULER_FILE = "scheduler.pt"
+# Accelerate's file names (accelerate.utils.constants), named in errors and checks
+OPTIMIZER_FILE = "optimizer.bin"
+SCALER_FILE = "scaler.pt"
+RNG_FILE = "random_states_{}.pkl"
 
 
 def save(accelerator, model: nn.Module, optimizer, scheduler, step: int, ckpt_root: Path,
@@ -69,13 +67,13 @@ def save(accelerator, model: nn.Module, optimizer, scheduler, step: int, ckpt_ro
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    torch.save(rng_state(), tmp / f"rng_{accelerator.process_index}.pt")
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    if not (tmp / MODEL_FILE).is_file():  # a sharding strategy saved shards: export the full model
+        weights = accelerator.get_state_dict(model)  # collective under FSDP / DeepSpeed
+        if accelerator.is_main_process:
+            save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / MODEL_FILE))
     if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(model), str(tmp / "model.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        if accelerator.scaler is not None:
-            torch.save(accelerator.scaler.state_dict(), tmp / "scaler.pt")
+        torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
         (tmp / "state.json").write_text(json.dumps({"step": step, **(extra or {})}))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -173,15 +171,16 @@ def load_matching(model: nn.Module, ckpt: Path) -> list[str]:
     return skipped
 
 
-def load_tensor_file(path: Path) -> Any:
+def load_tensor_file(path: Path, mmap: bool = False) -> Any:
     """Read a ``torch.save`` file of tensors and plain containers (optimizer, scheduler, random
-    state), safely: ``torch.load(weights_only=True)``. A missing, truncated or corrupt file, or
-    one that holds other objects (refused: unpickling them could run code), is an InputError
-    naming the file."""
+    state), safely: ``torch.load(weights_only=True)``; ``mmap``: tensors mapped, not read (a
+    cheap check of a large file). A missing, truncated or corrupt file, or one that holds other
+    objects (refused: unpickling them could run code), is an InputError naming the file.
+    NumPy arrays (Accelerate's random states) are allowed, as Accelerate's own loader allows."""
     try:
-        with warnings.catch_warnings():  # torch warns about the pickle protocol of odd files
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.load(path, weights_only=True)
+        with warnings.catch_warnings(), torch.serialization.safe_globals(_NUMPY_GLOBALS):
+            warnings.simplefilter("ignore", UserWarning)  # the pickle protocol of odd files
+            return torch.load(path, weights_only=True, mmap=mmap and _is_zip(path))
     except OSError as err:
         raise InputError(f"{path}: cannot read ({err.strerror or err})") from None
     except pickle.UnpicklingError as err:
@@ -202,6 +201,12 @@ def load_tensor_file(path: Path) -> Any:
         reason = "" if "weights_only" in reason else f" ({reason})" if reason else ""
         raise InputError(f"{path}: corrupt or truncated, or not a tensor file written by "
                          f"torch.save{reason}; resume from another checkpoint") from None
+
+
+def _is_zip(path: Path) -> bool:
+    """torch.save's zip format (mmap needs it); a legacy or broken file is read plainly."""
+    import zipfile
+    return path.is_file() and zipfile.is_zipfile(path)
 
 
 def _read_step(ckpt: Path) -> int:
@@ -230,23 +235,47 @@ def read_state(ckpt: Path) -> dict:
 def load(accelerator, model: nn.Module, optimizer, scheduler, ckpt: Path) -> int:
     """Restore everything :func:`save` wrote; returns the step to continue from."""
     step = _read_step(ckpt)
-    load_weights(accelerator.unwrap_model(model), ckpt)
-    _load_state(optimizer, ckpt / "optimizer.pt")
-    _load_state(scheduler, ckpt / "scheduler.pt")
-    if accelerator.scaler is not None and (ckpt / "scaler.pt").is_file():
-        _load_state(accelerator.scaler, ckpt / "scaler.pt")
-    rng_file = ckpt / f"rng_{accelerator.process_index}.pt"
-    if rng_file.is_file():
-        state = load_tensor_file(rng_file)
-        try:
-            set_rng_state(state)
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as err:
-            raise InputError(f"{rng_file}: not a random state saved by vlcofit "
-                             f"({type(err).__name__}: {err})") from None
-    else:
+    if (ckpt / "optimizer.pt").is_file() and not (ckpt / OPTIMIZER_FILE).exists():
+        raise InputError(f"{ckpt}: written by an earlier vlcofit (optimizer.pt, rng_*.pt), whose "
+                         f"training state this one cannot resume; start a new run from its "
+                         f"weights instead: --set model.init_from={ckpt}")
+    check_fits(accelerator.unwrap_model(model), ckpt / MODEL_FILE)
+    # each file readable and safe before Accelerate reads it (a sharded optimizer is a folder)
+    rng = ckpt / RNG_FILE.format(accelerator.process_index)
+    for file in (ckpt / OPTIMIZER_FILE, ckpt / SCALER_FILE, rng):
+        if file.is_file() or (file.name == SCALER_FILE and accelerator.scaler is not None):
+            load_tensor_file(file, mmap=True)
+    if not rng.is_file():
         logger.warning("%s: no random state for process %d (world size changed?)", ckpt,
                        accelerator.process_index)
+    try:
+        accelerator.load_state(str(ckpt), strict=True)
+    except OSError as err:  # e.g. a sharded strategy's files missing
+        raise InputError(f"{ckpt}: incomplete checkpoint ({err}); resume from another one") from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as err:
+        raise InputError(f"{ckpt}: its optimizer or scaler state does not fit this run's "
+                         f"({type(err).__name__}: {err}); was the checkpoint written by another "
+                         f"config?") from None
+    _load_state(scheduler, ckpt / SCHEDULER_FILE)
     return step
+
+
+def check_fits(model: nn.Module, file: Path) -> None:
+    """``file``'s tensors have exactly ``model``'s names and shapes (read from its header)."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError) as err:
+        raise _safetensors_error(file, err) from None
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+    shapes = [k for k in own if k in saved and own[k] != saved[k]]
+    if missing or unexpected or shapes:
+        detail = (f"shape of {shapes[0]}: {saved[shapes[0]]} saved, {own[shapes[0]]} here"
+                  if shapes else f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise InputError(f"{file}: weights do not fit this model ({detail}); was it trained with "
+                         f"another model config or label space?")
 
 
 def _load_state(obj, file: Path) -> None:

@@ -62,7 +62,7 @@ RANGES: dict[type, dict[str, Bound]] = {
         "save_every": AT_LEAST_1, "keep_checkpoints": NON_NEGATIVE, "max_bad_fraction": UNIT,
         "fit_max_per_class": AT_LEAST_1},
     EvalConfig: {"batch_size": AT_LEAST_1, "max_batches": AT_LEAST_1},
-    SweepConfig: {"seeds": NON_NEGATIVE},
+    SweepConfig: {"seeds": NON_NEGATIVE, "few_shot_k": AT_LEAST_1},
 }
 
 
@@ -83,6 +83,11 @@ def _protocols() -> tuple[str, ...]:
     return tuple(PROTOCOLS)
 
 
+def _trackers() -> tuple[str, ...]:
+    from .trackers import TRACKERS
+    return TRACKERS
+
+
 def _decoders() -> tuple[str, ...]:
     from .data.video import BACKENDS  # imports torch: only when a card names a decoder
     return BACKENDS
@@ -97,14 +102,16 @@ def _media() -> tuple[str, ...]:
 # module that imports torch).
 CHOICES: dict[type, dict[str, tuple | Callable[[], tuple]]] = {
     ModelConfig: {"backbone": ("open_clip", "hf"), "temporal": ("mean", "transformer"),
-                  "box_temporal": ("mean", "transformer"), "head": ("text", "linear")},
+                  "box_temporal": ("mean", "transformer"), "head": ("text", "linear"),
+                  "loss": ("auto", "softmax", "sigmoid")},
     DatasetCard: {"task": _tasks, "granularity": ("fine", "coarse"),
                   "sampling": ("tsn", "dense"), "test_crops": (1, 3),
                   "decoder": _decoders},
     LocalizationSpec: {"media": _media, "eval_protocol": _protocols},
     TrainConfig: {"sampling": _mixture_choices("SAMPLING"),
                   "schedule": _mixture_choices("SCHEDULES"),
-                  "mixed_precision": ("no", "bf16", "fp16"), "box_loss": ("bce", "focal")},
+                  "mixed_precision": ("no", "bf16", "fp16"), "box_loss": ("bce", "focal"),
+                  "trackers": _trackers},
     EvalConfig: {"split": ("train", "val", "test")},
 }
 
@@ -114,8 +121,10 @@ def check_value(cls: type, name: str, value: Any, key: str, source: Source) -> N
     choices = CHOICES.get(cls, {}).get(name)
     if choices is not None:
         options = choices() if callable(choices) else choices
-        if value not in options:
-            fail(source, key, f"must be one of {', '.join(map(str, options))}; got {value!r}")
+        for i, item in enumerate(value if isinstance(value, tuple) else (value,)):  # lists: each
+            if item not in options:
+                fail(source, key, f"must be one of {', '.join(map(str, options))}; got {item!r}",
+                     item=i if isinstance(value, tuple) else None)
     bound = RANGES.get(cls, {}).get(name)
     if bound is None or value is None:
         return

@@ -5,4 +5,4 @@ DEMOS = {"classification": "demo", "localization": "demo_ava", "cofinetune": "co
 # demo -> the experiment config it runs as a sweep (setting x seed); "transfer" starts from the
 # classification demo's run
 SWEEP_DEMOS = {"granularity": "granularity_demo", "transfer": "transfer_demo",
-               "zero-shot": "zeroshot_demo"}
+               "zero-shot": "zeroshot_demo", "text4vis": "text4vis_demo"}

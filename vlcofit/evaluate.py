@@ -56,7 +56,8 @@ def extract_embeddings(accelerator, model: VideoCLIP, loader, max_batches: int |
 @torch.no_grad()
 def view_scores(model: VideoCLIP, emb: torch.Tensor, text: torch.Tensor | None = None,
                 rows: torch.Tensor | None = None) -> torch.Tensor:
-    """[N, V, E] -> class probabilities [N, C], softmax per view then averaged over views.
+    """[N, V, E] -> class probabilities [N, C] per view (softmax, or sigmoid for a SigLIP-style
+    model: ``VideoCLIP.probabilities``), averaged over views.
 
     ``text`` [C, E] scores against any class embeddings (zero-shot); otherwise the model's own
     classifier over label-space ``rows``.
@@ -64,7 +65,7 @@ def view_scores(model: VideoCLIP, emb: torch.Tensor, text: torch.Tensor | None =
     n, v, e = emb.shape
     flat = emb.reshape(n * v, e).to(model.logit_scale.device)
     logits = model.score(flat, text) if text is not None else model.classify(flat, rows)
-    return logits.float().softmax(dim=-1).reshape(n, v, -1).mean(dim=1).cpu()
+    return model.probabilities(logits).reshape(n, v, -1).mean(dim=1).cpu()
 
 
 def classification_report(name: str, scores: torch.Tensor, labels: torch.Tensor,

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .config import DatasetCard, ExperimentConfig
+from .data.sampling import EpochBatches
 from .errors import InputError
 from .hierarchy import read_hierarchy
 from .models.backbones import Backbone
@@ -85,9 +86,12 @@ def build_dataset(card: DatasetCard, split: str, classes: ClassList, backbone: B
 
 
 def build_loader(dataset, batch_size: int, train: bool, num_workers: int) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train,
-                      num_workers=num_workers, collate_fn=task_of(dataset.card).collate,
-                      # Training workers live across epochs (datasets read the epoch from shared
-                      # memory); restarting them every epoch dominated small datasets' step time.
-                      persistent_workers=train and num_workers > 0,
-                      pin_memory=torch.cuda.is_available())
+    """Evaluation: the records in order, the last batch partial. Training: endless seeded epochs
+    (:class:`~vlcofit.data.sampling.EpochBatches`, one iterator for the whole run), seeded from
+    torch's initial seed (``train.seed``), as Accelerate's seedable sampler was."""
+    common = dict(num_workers=num_workers, collate_fn=task_of(dataset.card).collate,
+                  pin_memory=torch.cuda.is_available())
+    if not train:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, **common)
+    sampler = EpochBatches(len(dataset), batch_size, torch.random.initial_seed())
+    return DataLoader(dataset, batch_sampler=sampler, **common)

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import ExperimentConfig, load_experiment
+from .config import ExperimentConfig, load_experiment, to_dict
 from .data.classification import VideoRecord
 from .distributed import process_state
 from .errors import InputError, at
@@ -153,12 +153,14 @@ def kshot_config(cfg: ExperimentConfig, split: Path, run_dir: Path) -> Experimen
 
 
 def _train_or_reuse(cfg: ExperimentConfig) -> dict[str, float]:
-    """Train ``cfg``; reuse a finished run with the same config, resume an interrupted one."""
+    """Train ``cfg``; reuse a finished run with the same config (up to what a resume may
+    change: logging, evaluation, sweep settings), resume an interrupted one."""
+    from .resume import training_changes
     from .train import train
 
     run = Path(cfg.output_dir)
     saved = run / "config.yaml"
-    same = saved.is_file() and load_experiment(saved) == cfg
+    same = saved.is_file() and not training_changes(to_dict(load_experiment(saved)), to_dict(cfg))
     if same and (run / "run.json").is_file():
         final = json.loads((run / "run.json").read_text()).get("final_metrics")
         if final:

@@ -1,5 +1,6 @@
-"""Multi-label losses for box classification (AVA-style localisation); the symmetric
-contrastive (CLIP) loss of video-caption pairs, negatives gathered from every process.
+"""Multi-label losses for box classification (AVA-style localisation); the clip-label loss
+(softmax cross-entropy, or SigLIP's sigmoid); the contrastive loss of video-caption pairs
+(CLIP's symmetric InfoNCE or SigLIP's pairwise sigmoid), negatives gathered from every process.
 
 Reduction: "mean" over boxes and classes is the AVA standard (SlowFast trains AVA with
 ``BCELoss(reduction="mean")`` on sigmoid outputs). Its size per box shrinks with the number of
@@ -47,6 +48,20 @@ def multilabel_loss(logits: torch.Tensor, targets: torch.Tensor, kind: str = "bc
     return per.mean() if reduction == "mean" else per.sum(dim=1).mean()
 
 
+def label_loss(logits: torch.Tensor, labels: torch.Tensor, sigmoid: bool = False,
+               label_smoothing: float = 0.0) -> torch.Tensor:
+    """One label per clip: logits [B, C], labels [B]. Softmax cross-entropy, or (``sigmoid``)
+    SigLIP's loss: each class a binary decision, summed over classes and averaged over clips
+    (SigLIP normalises by the batch, not by the pairs). Smoothing moves ``label_smoothing`` of
+    the target mass uniformly over the classes in both."""
+    logits = logits.float()
+    if not sigmoid:
+        return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    target = F.one_hot(labels, logits.shape[1]).float()
+    target = target * (1 - label_smoothing) + label_smoothing / logits.shape[1]
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(1).mean()
+
+
 # --------------------------------------------------------------------------- contrastive
 
 def _world() -> int:
@@ -80,8 +95,8 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return x if _world() == 1 else _GatherWithGrad.apply(x)
 
 
-def contrastive_loss(video: torch.Tensor, text: torch.Tensor,
-                     scale: torch.Tensor | float) -> torch.Tensor:
+def contrastive_loss(video: torch.Tensor, text: torch.Tensor, scale: torch.Tensor | float,
+                     bias: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE (CLIP) of this process's pairs: video embeddings [B, E], the
     embeddings of their captions [B, E] (pair i = row i), ``scale`` = exp(logit scale).
 
@@ -90,7 +105,11 @@ def contrastive_loss(video: torch.Tensor, text: torch.Tensor,
     the mean of the two cross-entropies over the local rows. Its mean over N processes (what
     DDP's gradient average and the logged loss take) is the single-process loss of the global
     batch, and so are the gradients. float32, autocast off: the logits of a large batch are
-    sharp and bf16 would round the targets' margins away."""
+    sharp and bf16 would round the targets' margins away.
+
+    ``bias`` given: SigLIP's pairwise sigmoid loss instead, every (local video, global caption)
+    pair a binary decision on ``scale * cos + bias`` (positive: its own caption), summed and
+    divided by the local batch; its mean over processes is again the global batch's loss."""
     with torch.autocast(video.device.type, enabled=False):
         video = F.normalize(video.float(), dim=-1)
         text = F.normalize(text.float(), dim=-1)
@@ -99,5 +118,8 @@ def contrastive_loss(video: torch.Tensor, text: torch.Tensor,
         labels = torch.arange(video.shape[0], device=video.device) + offset
         scale = torch.as_tensor(scale, device=video.device).float()
         v2t = scale * video @ all_text.t()  # [B, N * B]
+        if bias is not None:
+            sign = 2 * F.one_hot(labels, v2t.shape[1]).float() - 1
+            return -F.logsigmoid(sign * (v2t + bias.float())).sum() / video.shape[0]
         t2v = scale * text @ all_video.t()
         return (F.cross_entropy(v2t, labels) + F.cross_entropy(t2v, labels)) / 2

@@ -67,14 +67,14 @@ def _depth_or_fail(model: nn.Module, name: str, why: str) -> tuple[str, int, int
     if found is None:
         raise InputError(f"{why}: {name} is in no tower whose depths the "
                          f"{type(model.backbone).__name__} backbone declares (towers: "
-                         f"{', '.join(model.backbone.towers) or 'none'}); add its mapping there")
+                         f"{', '.join(model.backbone.tower_names()) or 'none'}); add its mapping there")
     return found
 
 
 def _no_decay(model: nn.Module, name: str, p: nn.Parameter) -> bool:
     """No weight decay, by kind, for every backend: 1-D tensors (biases, norms, scales),
     position / class / token embeddings (the backbone declares its own), logit scales."""
-    if p.ndim < 2 or name.endswith("logit_scale"):
+    if p.ndim < 2 or name.endswith(("logit_scale", "logit_bias")):
         return True
     if name.startswith("backbone."):
         return model.backbone.is_embedding(name[len("backbone."):])
@@ -185,7 +185,7 @@ def apply_freeze(model: nn.Module, specs: tuple[str, ...]) -> list[str]:
 
 
 def _freeze_blocks(model: nn.Module, tower: str, n: int, spec: str) -> list[str]:
-    if tower not in model.backbone.towers:
+    if tower not in model.backbone.tower_names():
         raise InputError(f"train.freeze: {spec!r}: the {type(model.backbone).__name__} backbone "
                          f"declares no {tower} tower")
     layers = model.backbone.num_layers(tower)

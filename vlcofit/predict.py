@@ -7,7 +7,7 @@ training classes (which also works for a ``head: linear`` model).
 
 Clips: the evaluation transform (short side resized, centre crop), card-independent defaults of
 8 frames with TSN sampling, 1 clip x 1 crop, all settable. Probabilities are a softmax over the
-label list per view, averaged over views.
+label list per view (a SigLIP-style sigmoid model: each label's sigmoid), averaged over views.
 
 Localisation models (a checkpoint whose config has a ``task: localization`` dataset) also score
 person boxes: a CSV with rows ``video_path,time_sec,x1,y1,x2,y2`` (coordinates normalised to

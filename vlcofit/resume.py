@@ -19,7 +19,7 @@ from .errors import InputError
 # where the data now lives, how many loader processes read it, and the sweep around the run.
 MAY_CHANGE = ("output_dir", "train.log_every", "train.eval_every", "train.save_every",
               "train.keep_checkpoints", "train.num_workers", "train.max_bad_fraction", "eval.*",
-              "datasets.*.root", "sweep.*")
+              "datasets.*.root", "sweep.*", "model.grad_checkpointing")
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:

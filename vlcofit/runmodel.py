@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 # download folder, init_from, train_text) only say how training started. A config or flags
 # used with a run: explicit `--set model.K=V` / `--model` that contradict the run are errors;
 # a config file's other model keys are replaced by the run's (logged).
-ARCHITECTURE = ("backbone", "name", "temporal", "temporal_layers", "box_temporal", "head")
+ARCHITECTURE = ("backbone", "name", "temporal", "temporal_layers", "box_temporal", "head", "loss")
 
 
 @dataclass

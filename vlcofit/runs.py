@@ -53,9 +53,12 @@ def demo_generators() -> dict:
         # both cards, so a run training on labels and captions reads each video file once
         return make_demo_dataset(Path(root).parent / "demo")
 
+    def compositional_unseen(root: Path) -> Path:
+        return make_compositional(Path(root).parent / "compositional")  # compositional's files
+
     return {"demo": make_demo_dataset, "demo_captions": demo_captions,
             "demo_target": make_demo_target, "demo_ava": make_demo_ava,
-            "compositional": make_compositional}
+            "compositional": make_compositional, "compositional_unseen": compositional_unseen}
 
 
 

@@ -67,7 +67,7 @@ class DatasetCard:
     test_crops: int = 1  # spatial views at test time: 1 (centre) or 3 (left/centre/right)
     hflip: bool = True  # training flips; false where classes name left/right (SSv2, the demo)
     min_crop_scale: float = 0.4  # training random-resized-crop area range: [min_crop_scale, 1]
-    decoder: str = "pyav"  # pyav | torchcodec | decord
+    decoder: str = "pyav"  # pyav | torchcodec | decord | pytorchvideo (vlcofit.data.video)
     filename_pattern: str = "{youtube_id}_{time_start:06d}_{time_end:06d}.mp4"  # kinetics format
     video_extensions: tuple[str, ...] = (".mp4", ".avi", ".mkv", ".webm", ".mov")  # folder format
     localization: LocalizationSpec = field(default_factory=LocalizationSpec)  # task: localization
@@ -96,6 +96,10 @@ class ModelConfig:
     box_temporal: str = "mean"
     head: str = "text"  # text (class-name embeddings) | linear (random-init, for comparison)
     train_text: bool = False  # text tower frozen (Text4Vis) unless set
+    # softmax (CLIP's cross-entropy) | sigmoid (SigLIP's: one-vs-rest per class, pairwise for
+    # captions, with a learned logit bias) | auto: sigmoid for a model trained with it (a bias)
+    loss: str = "auto"
+    grad_checkpointing: bool = False  # activation checkpointing in the towers' blocks
     cache_dir: str | None = None  # where hub downloads go
     # A vlcofit checkpoint or run folder to start from (e.g. few-shot from a co-finetuned model):
     # every tensor whose name and shape match is loaded; label-space-sized ones are skipped.
@@ -156,6 +160,7 @@ class TrainConfig:
     save_every: int = 200  # steps; the last step always saves
     keep_checkpoints: int = 2
     max_bad_fraction: float = 0.01  # fail when more training videos than this are unreadable
+    trackers: tuple[str, ...] = ("tensorboard",)  # tensorboard | wandb | mlflow (vlcofit.trackers)
 
 
 @dataclass(frozen=True)
@@ -180,6 +185,15 @@ class SweepConfig:
     # CSV under that dataset's root, scored against a prompt file; `vlcofit zero-shot`'s code)
     zero_shot: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ()  # keys in the table and plot (default: headline metrics)
+    # a learning curve: this evaluation metric at every evaluation of each run (train.eval_every),
+    # and the first step its mean over seeds reaches `reach` (vlcofit.sweep_curves)
+    curve: str | None = None
+    reach: float | None = None
+    # few-shot from each run: K videos per class of this dataset, fine-tuned from the run under
+    # the setting's overrides and then `few_shot_set`, for each K of `few_shot_k`
+    few_shot: str | None = None
+    few_shot_k: tuple[int, ...] = (1, 2, 4, 8, 16)
+    few_shot_set: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

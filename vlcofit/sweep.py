@@ -24,6 +24,7 @@ from .config import load_experiment
 from .distributed import process_state
 from .errors import InputError
 from .stats import STD, mean_std
+from .sweep_curves import curve_summary, few_shot_transfer, plot_curves, plot_few_shot
 from .tasks import headline_metrics
 from .train import train
 
@@ -137,8 +138,14 @@ def _one(config: str, overrides: list[str], arm: tuple[str, ...], seed: int, run
     for name in spec.probe:
         probe = probe_transfer(config, overrides, name, run, seed)
         metrics[f"probe:{name}/top1"] = probe["top1"]
-    for item in spec.zero_shot:
-        metrics.update(zero_shot_transfer(config, overrides, item, run))
+    head = load_experiment(config, seeded).model.head
+    if spec.zero_shot and head != "text":  # a linear head has rows only for its own classes
+        logger.info("%s: a %s head scores no new class names: no zero-shot", run, head)
+    else:
+        for item in spec.zero_shot:
+            metrics.update(zero_shot_transfer(config, overrides, item, run))
+    if spec.few_shot:
+        metrics.update(few_shot_transfer(config, overrides, arm, spec, run, seed))
     if spec.finetune:
         ft = train_or_resume(config, [*overrides, *spec.finetune, f"train.seed={seed}",
                                       f"model.init_from={run}"], run / "finetune")
@@ -162,6 +169,9 @@ def sweep(config: str, overrides: list[str], out: Path, grid: list[str] | None =
             raise InputError(f"sweep.probe: {name!r} is not in datasets ({', '.join(cfg.datasets)})")
     for item in spec.zero_shot:
         _zero_shot_item(cfg, item)
+    if spec.few_shot is not None and spec.few_shot not in cfg.datasets:
+        raise InputError(f"sweep.few_shot: {spec.few_shot!r} is not in datasets "
+                         f"({', '.join(cfg.datasets)})")
     seeds = list(seeds if seeds is not None else spec.seeds)
     out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict[str, float]]] = {}
@@ -178,10 +188,18 @@ def sweep(config: str, overrides: list[str], out: Path, grid: list[str] | None =
               "settings": {s: {"overrides": list(a), "folder": folder_name(s, a)}
                            for s, a in settings.items()},
               "shown": shown, "runs": runs, "summary": summary}
+    if spec.curve:
+        report["curve"] = {"metric": spec.curve, "settings": {
+            s: curve_summary([out / folder_name(s, a) / f"seed{seed}" for seed in seeds],
+                             spec.curve, spec.reach) for s, a in settings.items()}}
     if process_state().is_main_process:  # every process trained; one writes the report
         (out / "sweep.json").write_text(json.dumps(report, indent=2))
         (out / "sweep.md").write_text(format_table(report))
         plot_sweep(report, out / "sweep.png")
+        if spec.curve:
+            plot_curves(report["curve"]["settings"], spec.curve, out / "sweep_curve.png")
+        if spec.few_shot:
+            plot_few_shot(report, out / "sweep_fewshot.png")
     return report
 
 
@@ -195,7 +213,7 @@ def _shown(config: str, overrides: list[str], spec, keys: list[str]) -> list[str
                              f"({', '.join(keys)})")
         return list(spec.metrics)
     shown = headline_metrics(load_experiment(config, overrides))
-    shown += [k for k in keys if k.startswith("probe:") or
+    shown += [k for k in keys if k.startswith(("probe:", "few_shot:")) or
               (k.startswith("zero_shot:") and k.endswith("/top1"))]
     if spec.finetune:
         ft = load_experiment(config, [*overrides, *spec.finetune])
@@ -216,12 +234,30 @@ def best_versus(report: dict, setting: str, metric: str) -> dict:
 def format_table(report: dict) -> str:
     """One row per setting, one column per shown metric: mean ± std over the seeds."""
     shown, n = report["shown"], len(report["seeds"])
-    lines = [f"| setting (mean ± {STD}, {n} seeds) | " + " | ".join(shown) + " |",
-             "| --- |" + " --- |" * len(shown)]
+    curve = report.get("curve", {}).get("settings", {})
+    reach = next((c["reach"] for c in curve.values() if "reach" in c), None)
+    extra = [f"steps to {curve_name(report)} >= {reach:g}"] if reach is not None else []
+    lines = [f"| setting (mean ± {STD}, {n} seeds) | " + " | ".join(shown + extra) + " |",
+             "| --- |" + " --- |" * len(shown + extra)]
     for setting, per in report["summary"].items():
-        cells = [f"{per[k]['mean']:.2f} ± {per[k]['std']:.2f}" if k in per else "-" for k in shown]
+        cells = [_cell(per.get(k)) for k in shown]
+        if extra:
+            steps = curve.get(setting, {}).get("steps_to_reach")
+            last = (curve.get(setting, {}).get("steps") or ["?"])[-1]
+            cells.append(str(steps) if steps is not None else f"not in {last}")
         lines.append(f"| {setting} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(stat: dict | None) -> str:
+    """mean ± std; "-" where a setting has no such metric (a linear head's zero-shot)."""
+    if stat is None or stat["mean"] != stat["mean"]:  # NaN: absent from its runs
+        return "-"
+    return f"{stat['mean']:.2f} ± {stat['std']:.2f}"
+
+
+def curve_name(report: dict) -> str:
+    return report.get("curve", {}).get("metric", "")
 
 
 def plot_sweep(report: dict, path: Path) -> Path:

@@ -7,13 +7,12 @@ import json
 import logging
 import shutil
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
-from accelerate.utils import set_seed
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import GradientAccumulationPlugin, set_seed
 from tqdm.auto import tqdm
 
 from . import checkpoint
@@ -27,6 +26,8 @@ from .optim import (apply_freeze, apply_l2sp, attach_l2sp, build_optimizer, buil
 from .resume import check_resume_config, record_start, start_weights
 from .runmodel import run_dir_of
 from .runinfo import MetricsLog, finish_run_json, plot_learning_curves, write_run_json
+from .strategy import accelerator_error, check_strategy
+from .trackers import build_trackers, hyperparameters
 from .tasks import headline_metrics, task_of
 
 logger = logging.getLogger(__name__)
@@ -34,18 +35,27 @@ logger = logging.getLogger(__name__)
 
 def make_accelerator(cfg: ExperimentConfig, run_dir: Path | None,
                      find_unused: bool = False) -> Accelerator:
-    """One Accelerator per run; TensorBoard logs go to ``<run>/tensorboard``. ``find_unused``:
+    """One Accelerator per run, logging to ``train.trackers`` (TensorBoard: ``<run>/tensorboard``,
+    :mod:`vlcofit.trackers`). ``find_unused``:
     some training step leaves trainable parameters without a gradient (:func:`freeze_unused`)."""
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused else []
-    return Accelerator(
-        mixed_precision=cfg.train.mixed_precision,
-        log_with="tensorboard" if run_dir is not None else None,
-        project_dir=str(run_dir) if run_dir is not None else None,
-        # Seeded, epoch-aware shuffling: the same order on every process, and on resume.
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-        step_scheduler_with_optimizer=False,
-        kwargs_handlers=handlers,
-    )
+    try:
+        accelerator = Accelerator(
+            mixed_precision=cfg.train.mixed_precision,
+            log_with=build_trackers(cfg.train.trackers, run_dir) if run_dir is not None else None,
+            project_dir=str(run_dir) if run_dir is not None else None,
+            # micro-batches per optimizer step, synchronised on the last (DDP's no_sync, FSDP's
+            # and DeepSpeed's own); never early at an epoch's end: steps cross epochs
+            gradient_accumulation_plugin=GradientAccumulationPlugin(
+                num_steps=cfg.train.grad_accum, sync_with_dataloader=False,
+                adjust_scheduler=False),
+            step_scheduler_with_optimizer=False,
+            kwargs_handlers=handlers,
+        )
+    except (ImportError, RuntimeError, ValueError) as err:
+        raise accelerator_error(err) from None
+    check_strategy(accelerator, cfg.train)
+    return accelerator
 
 
 def _resume_checkpoint(run_dir: Path, resume: str | None) -> Path | None:
@@ -58,17 +68,12 @@ def _resume_checkpoint(run_dir: Path, resume: str | None) -> Path | None:
 
 
 def _batches(accelerator, loader, dataset, start_micro: int):
-    """Endless micro-batches, epoch after epoch, starting ``start_micro`` batches in (resume)."""
-    per_epoch = len(loader)
-    if per_epoch == 0:
+    """Endless micro-batches from one iterator over the whole run (epochs follow each other
+    inside the sampler, so workers prefetch across their boundaries), starting ``start_micro``
+    batches in (resume: Accelerate skips them without loading any)."""
+    if len(loader) == 0:
         raise InputError(f"dataset {dataset.card.name}: fewer training videos than one batch per process")
-    epoch, skip = divmod(start_micro, per_epoch)
-    while True:
-        loader.set_epoch(epoch)
-        dataset.set_epoch(epoch)
-        for batch in (accelerator.skip_first_batches(loader, skip) if skip else loader):
-            yield batch
-        epoch, skip = epoch + 1, 0
+    return iter(accelerator.skip_first_batches(loader, start_micro) if start_micro else loader)
 
 
 def freeze_unused(model, tasks) -> bool:
@@ -202,7 +207,7 @@ def train(cfg: ExperimentConfig, resume: str | None = None) -> dict[str, float]:
         (run_dir / "param_groups.json").write_text(json.dumps(groups, indent=1))
         if resume_from is None:
             record_start(run_dir, start)
-    accelerator.init_trackers("tensorboard")
+    accelerator.init_trackers("vlcofit", config=hyperparameters(cfg))
     loop = _Loop(cfg, accelerator, model, labels, eval_loaders, run_dir,
                  MetricsLog(run_dir / "metrics.jsonl", resume_step=step if resume_from else None)
                  if accelerator.is_main_process else None,
@@ -334,15 +339,15 @@ def _optimizer_step(accelerator, model, optimizer, batches, rows: torch.Tensor, 
     normalisation; on the learning rate it acts in every case (for plain SGD without clipping
     it is the same as weighting the loss)."""
     total = 0.0
-    for micro in range(t.grad_accum):
+    for _ in range(t.grad_accum):
         batch = next(batches)
         report_bad(batch["bad"])
-        # Gradients are all-reduced only on the last micro-batch.
-        sync = micro == t.grad_accum - 1
-        with accelerator.no_sync(model) if not sync else nullcontext():
+        # Accelerate synchronises gradients on the last micro-batch (make_accelerator) and
+        # divides each loss by train.grad_accum in backward
+        with accelerator.accumulate(model):
             with accelerator.autocast():
                 loss = task.loss(model, batch, rows, t)
-            accelerator.backward(loss / t.grad_accum)
+            accelerator.backward(loss)
         total = total + loss.detach()
     if t.clip_grad:
         accelerator.clip_grad_norm_(model.parameters(), t.clip_grad)

@@ -254,8 +254,8 @@ class CaptionDataset(ClassificationDataset):
         j = item["index"]
         record = self.records[j]  # in training, possibly a readable substitute for record i
         if self.train:
-            rng = np.random.default_rng([self.seed & 0xFFFFFFFF, self._epoch.get(), j,
-                                         _CAPTION_STREAM])
+            epoch = self._epoch.epoch(i // len(self.records))  # as the clip's (EpochBatches)
+            rng = np.random.default_rng([self.seed & 0xFFFFFFFF, epoch, j, _CAPTION_STREAM])
             item["caption"] = record.captions[int(rng.integers(len(record.captions)))]
         else:
             item["captions"] = record.captions

@@ -318,7 +318,8 @@ class ClassificationDataset(Dataset):
 
     Training replaces an unreadable video by another record chosen deterministically from the
     index (so every process keeps its batch size); evaluation returns zeros with ``valid=False``.
-    Training randomness is a function of (seed, epoch, record index): call ``set_epoch`` each epoch.
+    Training randomness is a function of (seed, epoch, record index): the epoch is ``set_epoch``'s
+    plus ``i // len`` for an index ``i`` past the records (:class:`EpochBatches`).
     The transform must have ``image_size`` (and ``crops`` in evaluation), as those of
     :func:`vlcofit.data.transforms.build_transform` do.
     """
@@ -351,9 +352,12 @@ class ClassificationDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return self._train_item(i) if self.train else self._eval_item(i)
+        if not self.train:
+            return self._eval_item(i)
+        later, i = divmod(i, len(self.records))  # an EpochBatches index: epoch and record
+        return self._train_item(i, later)
 
-    def _train_item(self, i: int) -> dict[str, Any]:
+    def _train_item(self, i: int, later: int = 0) -> dict[str, Any]:
         """A readable video: record ``i`` or, if it cannot be decoded, the next readable one
         (``max_tries`` at most, default every record), the unreadable ones listed in ``bad``.
         The trainer counts them and fails past ``train.max_bad_fraction``, so that is the limit
@@ -365,7 +369,7 @@ class ClassificationDataset(Dataset):
             j = (i + k * step) % n
             record = self.records[j]
             try:
-                video = self._train_clip(record, j)
+                video = self._train_clip(record, j, later)
             except VideoError as err:
                 logger.debug("unreadable training video, substituting: %s", err)
                 bad.append(str(record.path))
@@ -380,9 +384,9 @@ class ClassificationDataset(Dataset):
                                     f"in a row from record {i} ({record.source}), e.g. {bad[0]}: "
                                     f"{advice}")
 
-    def _train_clip(self, record: VideoRecord, j: int) -> torch.Tensor:
+    def _train_clip(self, record: VideoRecord, j: int, later: int = 0) -> torch.Tensor:
         """``[T, 3, S, S]``; frames and augmentation drawn from (seed, epoch, j)."""
-        rng = self._epoch.generator(self.seed, j)
+        rng = self._epoch.generator(self.seed, j, later)
         card = self.card
         with open_video(record.path, self.backend) as reader:
             (indices,) = sample_indices(reader.num_frames, card.num_frames, card.sampling,

@@ -259,7 +259,10 @@ class LocalizationDataset(Dataset):
         return len(self.keys)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return self._train_item(i) if self.train else self._eval_item(i)
+        if not self.train:
+            return self._eval_item(i)
+        later, i = divmod(i, len(self.keys))  # an EpochBatches index: epoch and keyframe
+        return self._train_item(i, later)
 
     def media_path(self, key: Key) -> Path:
         """The video file or frame folder of a keyframe."""
@@ -307,9 +310,10 @@ class LocalizationDataset(Dataset):
         return found[keep, :4].copy(), found[keep, 4].copy()
 
     # ---- items
-    def _train_item(self, i: int) -> dict[str, Any]:
+    def _train_item(self, i: int, later: int = 0) -> dict[str, Any]:
         """Keyframe ``i`` or, if its clip cannot be read, the next readable one (``max_tries``
-        at most, default all); the trainer counts the bad ones against max_bad_fraction."""
+        at most, default all); the trainer counts the bad ones against max_bad_fraction.
+        ``later``: epochs past ``set_epoch``'s (an :class:`EpochBatches` index)."""
         n, bad = len(self.keys), []
         step = _STEP if n % _STEP else 1
         tries = n if self.max_tries is None else min(self.max_tries, n)
@@ -323,7 +327,7 @@ class LocalizationDataset(Dataset):
                 bad.append(err.path)
                 continue
             boxes, labels, scores = self.train_boxes(key)
-            rng = self._epoch.generator(self.seed, j)
+            rng = self._epoch.generator(self.seed, j, later)
             with torch.random.fork_rng(devices=[]):  # v2 transforms draw from the global RNG
                 torch.manual_seed(int(rng.integers(2**62)))
                 video, out, keep = self.transform(frames, torch.from_numpy(boxes))

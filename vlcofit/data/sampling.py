@@ -116,6 +116,40 @@ class SharedEpoch:
     def get(self) -> int:
         return int(self._value.item())
 
-    def generator(self, seed: int, index: int) -> np.random.Generator:
-        """The random draws of item ``index`` this epoch: a function of (seed, epoch, index)."""
-        return np.random.default_rng([seed & 0xFFFFFFFF, self.get(), index])
+    def epoch(self, later: int = 0) -> int:
+        """This epoch, or the one ``later`` epochs on (an :class:`EpochBatches` item index)."""
+        return self.get() + later
+
+    def generator(self, seed: int, index: int, later: int = 0) -> np.random.Generator:
+        """The random draws of item ``index`` in epoch ``epoch(later)``: a function of (seed,
+        epoch, index)."""
+        return np.random.default_rng([seed & 0xFFFFFFFF, self.epoch(later), index])
+
+
+class EpochBatches:
+    """Training batches over endless epochs, so one DataLoader iterator serves the whole run and
+    its workers keep prefetching across epoch boundaries (a new iterator per epoch made the run
+    wait while they refilled their queues: bench/epoch_boundary.py).
+
+    Epoch e's order is ``torch.randperm(n)`` from a generator seeded ``seed + e`` — the order
+    Accelerate's seedable sampler gave each epoch — cut into batches of ``batch_size``, the
+    last partial one dropped. Item ``e * n + i`` stands for record i in epoch e (the datasets'
+    ``__getitem__`` splits it). Accelerate shards the batches over processes (round-robin, as
+    before) and skips the first ones on resume without loading them. ``len``: batches per epoch.
+    """
+    drop_last = True
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size
+
+    def __iter__(self):
+        epoch = 0
+        while True:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
+            order = (order + epoch * self.n).tolist()
+            for b in range(len(self)):
+                yield order[b * self.batch_size:(b + 1) * self.batch_size]
+            epoch += 1

@@ -11,7 +11,8 @@ names (``compositional_all``) is the harder, generalised test.
 The clips use the demo's renderer (:mod:`vlcofit.data.synthetic`: shape with an orientation
 dot, motion echo, textured dark background), with the shape in its colour. Layout under
 ``root``: ``train/``, ``val/`` (mp4), ``train.csv`` (seen compositions), ``val_seen.csv`` and
-``val_unseen.csv`` (held-out clips of each kind), ``meta.json``. The class names are shipped
+``val_unseen.csv`` (held-out clips of each kind), ``train_unseen.csv`` (clips of the unseen
+compositions for few-shot splits only), ``meta.json``. The class names are shipped
 prompt files, ``prompts/compositional_seen.txt``, ``compositional_unseen.txt`` (:func:`split_names`)
 and ``compositional_all.txt`` (every composition). No horizontal flips: they would swap left and right.
 """
@@ -28,8 +29,8 @@ from .synthetic import SHAPES, ClipParams, _motion, _paint, already_made, mark_m
 COLOURS = {"red": (215, 45, 40), "green": (45, 190, 70), "blue": (55, 95, 235),
            "yellow": (235, 205, 45)}
 MOTIONS = ("moving left", "moving right", "moving up", "growing")
-FILES = ("train.csv", "val_seen.csv", "val_unseen.csv")
-_VERSION = 1
+FILES = ("train.csv", "val_seen.csv", "val_unseen.csv", "train_unseen.csv")
+_VERSION = 2  # 2: train_unseen.csv added (version 1's clips unchanged)
 
 
 def name(colour: str, shape: str, motion: str) -> str:
@@ -82,12 +83,16 @@ def _write_rows(root: Path, folder: str, combos, per_class: int, stream: list[in
 
 
 def make_compositional(root: str | Path, *, per_class_train: int = 12, per_class_val: int = 4,
-                       size: int = 64, num_frames: int = 16, fps: int = 8, seed: int = 0) -> Path:
+                       per_class_fewshot: int = 16, size: int = 64, num_frames: int = 16,
+                       fps: int = 8, seed: int = 0) -> Path:
     """Write the benchmark under ``root`` (module docstring); skipped when made already with
-    the same parameters. Training clips are of seen compositions only."""
+    the same parameters. ``train.csv`` holds seen compositions only; ``train_unseen.csv``
+    (``per_class_fewshot`` clips of each unseen one) is the pool of K-shot splits for few-shot
+    learning of the unseen names, never part of the seen-name training."""
     root = Path(root)
     meta = {"version": _VERSION, "colours": COLOURS, "shapes": SHAPES, "motions": MOTIONS,
-            "per_class_train": per_class_train, "per_class_val": per_class_val, "size": size,
+            "per_class_train": per_class_train, "per_class_val": per_class_val,
+            "per_class_fewshot": per_class_fewshot, "size": size,
             "num_frames": num_frames, "fps": fps, "seed": seed}
     meta = json.loads(json.dumps(meta))  # tuples as lists: compares equal to the file's
     if already_made(root, meta, FILES):
@@ -103,8 +108,11 @@ def make_compositional(root: str | Path, *, per_class_train: int = 12, per_class
     val_seen = _write_rows(root, "val", seen, per_class_val, [seed, 1], start=0, **common)
     val_unseen = _write_rows(root, "val", held, per_class_val, [seed, 2],
                              start=len(val_seen), **common)
+    # a stream of its own, after the others: version 1's clips stay byte for byte the same
+    train_unseen = _write_rows(root, "train", held, per_class_fewshot, [seed, 3],
+                               start=len(train), **common)
     for file, rows in (("train.csv", train), ("val_seen.csv", val_seen),
-                       ("val_unseen.csv", val_unseen)):
+                       ("val_unseen.csv", val_unseen), ("train_unseen.csv", train_unseen)):
         (root / file).write_text("\n".join(["path,label", *rows]) + "\n")
     mark_made(root, meta)
     return root

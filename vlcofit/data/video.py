@@ -1,7 +1,8 @@
 """Video decoding: open a file, read frames by index, as uint8 tensors ``[T, 3, H, W]``.
 
-Backends: ``pyav`` (default, always installed), ``torchcodec`` and ``decord`` (faster where
-installed; imported only when selected). All raise :class:`VideoError` for a missing, empty,
+Backends: ``pyav`` (default, always installed); ``torchcodec``, ``decord`` (the decord2 fork)
+and ``pytorchvideo`` (its ``EncodedVideo``) as optional extras, imported only when selected
+(:mod:`vlcofit.data.video_backends`). All raise :class:`VideoError` for a missing, empty,
 corrupt or undecodable file; callers decide whether to skip it (training) or fail.
 
 The PyAV reader decodes sequentially from the keyframe before the first requested frame and stops
@@ -24,7 +25,7 @@ from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("pyav", "torchcodec", "decord")
+BACKENDS = ("pyav", "torchcodec", "decord", "pytorchvideo")
 # Until two keyframes are seen, assume x264's default keyframe interval (the longest common one)
 # so that close frames are decoded through rather than sought.
 _DEFAULT_GOP = 250
@@ -213,72 +214,26 @@ def _gop_bound(keyframes: list[int], position: int) -> int:
     return max(max(np.diff(keyframes)), since_last)
 
 
-class TorchCodecReader(VideoReader):
-    """torchcodec reader (``pip install torchcodec``)."""
-
-    def __init__(self, path: str | Path, threads: int = 0) -> None:
-        from torchcodec.decoders import VideoDecoder
-
-        path = Path(path)
-        _check_file(path)
-        self.path = str(path)
-        try:
-            self._decoder = VideoDecoder(self.path, seek_mode="approximate",
-                                         num_ffmpeg_threads=threads)
-            meta = self._decoder.metadata
-            self.fps = float(meta.average_fps)
-            self.num_frames = int(meta.num_frames or round(meta.duration_seconds * self.fps))
-        except (RuntimeError, ValueError, TypeError) as err:
-            raise VideoError(path, f"cannot open ({err})") from None
-        if self.num_frames <= 0:
-            raise VideoError(path, "no frames")
-
-    def read(self, indices: Sequence[int]) -> torch.Tensor:
-        indices = [min(i, self.num_frames - 1) for i in _check_indices(self.path, indices)]
-        try:
-            return self._decoder.get_frames_at(indices=indices).data
-        except (RuntimeError, ValueError, IndexError) as err:
-            raise VideoError(self.path, f"decoding failed ({err})") from None
+# backend -> (module it imports, what installs it); the readers of optional backends live in
+# video_backends.py
+_MODULES = {"pyav": ("av", "pip install av"),
+            "torchcodec": ("torchcodec", 'pip install -e ".[torchcodec]" (and FFmpeg 4-8)'),
+            "decord": ("decord", 'pip install -e ".[decord]" (decord2, the maintained fork)'),
+            "pytorchvideo": ("pytorchvideo", 'pip install -e ".[pytorchvideo]"')}
 
 
-class DecordReader(VideoReader):
-    """decord reader (``pip install decord``)."""
-
-    def __init__(self, path: str | Path, threads: int = 0) -> None:
-        import decord
-
-        path = Path(path)
-        _check_file(path)
-        self.path = str(path)
-        try:
-            self._reader = decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=threads)
-            self.num_frames = len(self._reader)
-            self.fps = float(self._reader.get_avg_fps())
-        except (decord.DECORDError, RuntimeError) as err:
-            raise VideoError(path, f"cannot open ({err})") from None
-        if self.num_frames <= 0:
-            raise VideoError(path, "no frames")
-
-    def read(self, indices: Sequence[int]) -> torch.Tensor:
-        import decord
-
-        indices = [min(i, self.num_frames - 1) for i in _check_indices(self.path, indices)]
-        try:
-            frames = self._reader.get_batch(indices).asnumpy()  # [T, H, W, 3]
-        except (decord.DECORDError, RuntimeError) as err:
-            raise VideoError(self.path, f"decoding failed ({err})") from None
-        return torch.from_numpy(frames).permute(0, 3, 1, 2)
-
-
-_MODULES = {"pyav": "av", "torchcodec": "torchcodec", "decord": "decord"}
-_READERS = {"pyav": PyAVReader, "torchcodec": TorchCodecReader, "decord": DecordReader}
+def _reader(backend: str) -> type[VideoReader]:
+    if backend == "pyav":
+        return PyAVReader
+    from . import video_backends
+    return video_backends.READERS[backend]
 
 
 def backend_available(backend: str) -> bool:
     """Whether ``backend``'s package is installed (without importing it)."""
     import importlib.util
 
-    return backend in _MODULES and importlib.util.find_spec(_MODULES[backend]) is not None
+    return backend in _MODULES and importlib.util.find_spec(_MODULES[backend][0]) is not None
 
 
 def check_backend(backend: str) -> None:
@@ -287,17 +242,17 @@ def check_backend(backend: str) -> None:
         raise InputError(f"decoder {backend!r} is unknown (choose from {', '.join(BACKENDS)})")
     if not backend_available(backend):
         raise InputError(f"decoder {backend!r} is selected but not installed "
-                         f"(pip install {_MODULES[backend]}), or use decoder: pyav")
+                         f"({_MODULES[backend][1]}), or use decoder: pyav")
 
 
 def open_video(path: str | Path, backend: str = "pyav", threads: int = 0) -> VideoReader:
-    """Open ``path`` with ``backend`` (pyav | torchcodec | decord); use as a context manager.
+    """Open ``path`` with ``backend`` (one of BACKENDS); use as a context manager.
 
     ``threads``: decoding threads (0: the decoder decides; 1 suits many DataLoader workers).
     Raises InputError for an unknown or uninstalled backend, VideoError for an unreadable file.
     """
     check_backend(backend)
-    return _READERS[backend](path, threads=threads)
+    return _reader(backend)(path, threads=threads)
 
 
 def read_frames(path: str | Path, indices: Sequence[int], backend: str = "pyav") -> torch.Tensor:

@@ -46,7 +46,9 @@ class Backbone(nn.Module):
 
     Attributes: ``embed_dim`` (joint space), ``width`` (patch-token channels), ``image_size``,
     ``patch_size``, ``mean``/``std`` (RGB, for inputs scaled to [0, 1]), ``logit_scale_init``,
-    ``pretrained`` (whether the weights were loaded from a tag, file or folder, not random).
+    ``pretrained`` (whether the weights were loaded from a tag, file or folder, not random),
+    ``logit_bias_init`` (a SigLIP model's sigmoid-loss bias; None: a softmax-trained CLIP).
+    ``encode_frames`` returns patch tokens None where the image tower has no token map.
     """
     embed_dim: int
     width: int
@@ -55,9 +57,19 @@ class Backbone(nn.Module):
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     logit_scale_init: float
+    logit_bias_init: float | None = None
     pretrained: bool = False
     towers: dict[str, TowerDepth] = {}  # "image" / "text" -> its depth map (names in this module)
     embeddings: tuple[str, ...] = ()  # position / class / token embedding tensors (no decay)
+
+    def _take_scales(self, model: nn.Module) -> None:
+        """Keep ``model``'s logit scale (and SigLIP bias) as initial values and remove them: the
+        video model owns its own learnable ones."""
+        self.logit_scale_init = float(model.logit_scale.detach().reshape(()))
+        del model.logit_scale
+        if getattr(model, "logit_bias", None) is not None:
+            self.logit_bias_init = float(model.logit_bias.detach().reshape(()))
+            del model.logit_bias
 
     def depth_of(self, name: str) -> tuple[str, int] | None:
         """A parameter name (within this module) -> (tower, depth in 0..L+1); None: no tower
@@ -75,6 +87,10 @@ class Backbone(nn.Module):
     def num_layers(self, tower: str) -> int:
         """L: the transformer blocks of ``tower`` ("image" or "text")."""
         raise NotImplementedError
+
+    def tower_names(self) -> tuple[str, ...]:
+        """The towers whose depths this backbone declares."""
+        return tuple(self.towers)
 
     def is_embedding(self, name: str) -> bool:
         return name in self.embeddings
@@ -100,8 +116,12 @@ class Backbone(nn.Module):
             if reset is not None:
                 reset()
 
-    def encode_frames(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[N, 3, H, W] -> (pooled embedding [N, E], patch tokens [N, h*w, width])."""
+    def encode_frames(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[N, 3, H, W] -> (pooled embedding [N, E], patch tokens [N, h*w, width] or None)."""
+        raise NotImplementedError
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing in the towers' blocks (``model.grad_checkpointing``)."""
         raise NotImplementedError
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
@@ -127,18 +147,64 @@ class Backbone(nn.Module):
 
 # --------------------------------------------------------------------------- open_clip
 
+class OpenCLIPImage:
+    """open_clip's own ViT image tower (``visual.transformer.resblocks``): per-frame geometry,
+    encoding, depths. :class:`vlcofit.models.timm_tower.TimmImage` is the same interface for a
+    timm image tower. Names are within ``visual``."""
+    depth = TowerDepth(("conv1", "class_embedding", "positional_embedding", "ln_pre"),
+                       r"transformer\.resblocks\.(\d+)\.", ("ln_post", "proj"))
+    embeddings = ("class_embedding", "positional_embedding")
+
+    def __init__(self, visual: nn.Module):
+        if not hasattr(visual, "transformer"):
+            raise InputError(f"model: the open_clip image tower {type(visual).__name__} is not "
+                             f"supported (ViT towers, or timm towers: SigLIP, EVA, ConvNeXt, ...)")
+        visual.output_tokens = True
+        self.visual = visual
+        self.width = int(visual.conv1.out_channels)
+        self.image_size = int(visual.image_size[0])
+        self.patch_size = int(visual.patch_size[0])
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled, tokens = self.visual(x)
+        return pooled, tokens
+
+    def depth_of(self, name: str) -> int | None:
+        found = re.match(self.depth.block, name)
+        if found:
+            return int(found.group(1)) + 1
+        if _under(name, self.depth.embed):
+            return 0
+        return self.num_layers() + 1 if _under(name, self.depth.head) else None
+
+    def num_layers(self) -> int:
+        return len(self.visual.transformer.resblocks)
+
+    def reinit_modules(self, n: int) -> list[nn.Module]:
+        """The modules to re-initialise for the last ``n`` blocks."""
+        return list(self.visual.transformer.resblocks)[self.num_layers() - n:]
+
+
+def image_tower(visual: nn.Module):
+    """The adapter of an open_clip image tower: open_clip's ViT or a timm model."""
+    from open_clip.timm_model import TimmModel
+    if isinstance(visual, TimmModel):
+        from .timm_tower import TimmImage
+        return TimmImage(visual)
+    return OpenCLIPImage(visual)
+
+
 class OpenCLIPBackbone(Backbone):
+    """An open_clip CLIP (or SigLIP: ``logit_bias``): image tower through :func:`image_tower`,
+    open_clip's own text transformer (:mod:`vlcofit.models.hf_text`: a Hugging Face one)."""
+    # open_clip's text transformer: at the top of CLIP, under ``text`` in CustomTextCLIP
+    # (``custom_text``, e.g. SigLIP); the HF text tower subclass replaces both
     towers = {
-        "image": TowerDepth(("clip.visual.conv1", "clip.visual.class_embedding",
-                             "clip.visual.positional_embedding", "clip.visual.ln_pre"),
-                            r"clip\.visual\.transformer\.resblocks\.(\d+)\.",
-                            ("clip.visual.ln_post", "clip.visual.proj")),
         "text": TowerDepth(("clip.token_embedding", "clip.positional_embedding"),
                            r"clip\.transformer\.resblocks\.(\d+)\.",
                            ("clip.ln_final", "clip.text_projection")),
     }
-    embeddings = ("clip.visual.class_embedding", "clip.visual.positional_embedding",
-                  "clip.positional_embedding", "clip.token_embedding.weight")
+    embeddings = ("clip.positional_embedding", "clip.token_embedding.weight")
 
     def __init__(self, model: nn.Module, tokenizer, image_mean, image_std,
                  pretrained: bool = False):
@@ -146,22 +212,38 @@ class OpenCLIPBackbone(Backbone):
         self.pretrained = pretrained
         self.clip = model
         self.tokenizer = tokenizer
-        visual = model.visual
-        visual.output_tokens = True
+        self.image = image_tower(model.visual)
+        if hasattr(getattr(getattr(model, "text", None), "transformer", None), "resblocks"):
+            self.towers = {"text": TowerDepth(
+                ("clip.text.token_embedding", "clip.text.positional_embedding", "clip.text.cls_emb"),
+                r"clip\.text\.transformer\.resblocks\.(\d+)\.",
+                ("clip.text.ln_final", "clip.text.text_projection"))}
+            self.embeddings = ("clip.text.positional_embedding", "clip.text.token_embedding.weight",
+                               "clip.text.cls_emb")
         proj = getattr(model, "text_projection", None)  # None: a Hugging Face text tower
         self.embed_dim = int(model.text.output_dim) if proj is None else int(
             proj.shape[1]) if isinstance(proj, nn.Parameter) else int(proj.out_features)
-        self.width = int(visual.conv1.out_channels)
-        self.image_size = int(visual.image_size[0])
-        self.patch_size = int(visual.patch_size[0])
+        self.width, self.image_size = self.image.width, self.image.image_size
+        self.patch_size = self.image.patch_size
         self.mean = tuple(float(v) for v in image_mean)
         self.std = tuple(float(v) for v in image_std)
-        self.logit_scale_init = float(model.logit_scale.detach())
-        del model.logit_scale  # the video model owns its own learnable scale
+        self._take_scales(model)
 
-    def encode_frames(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pooled, tokens = self.clip.visual(x)
-        return pooled, tokens
+    def depth_of(self, name: str) -> tuple[str, int] | None:
+        if name.startswith("clip.visual."):
+            depth = self.image.depth_of(name[len("clip.visual."):])
+            return None if depth is None else ("image", depth)
+        return super().depth_of(name)
+
+    def tower_names(self) -> tuple[str, ...]:
+        return ("image", *self.towers)
+
+    def is_embedding(self, name: str) -> bool:
+        return name in self.embeddings or (name.startswith("clip.visual.") and name[
+            len("clip.visual."):] in self.image.embeddings)
+
+    def encode_frames(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.image.encode(x)
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         return self.tokenizer(texts)
@@ -173,14 +255,19 @@ class OpenCLIPBackbone(Backbone):
         return [p for n, p in self.clip.named_parameters() if not n.startswith("visual.")]
 
     def num_layers(self, tower: str) -> int:
-        blocks = getattr(self.clip.visual if tower == "image" else self.clip, "transformer", None)
-        if not hasattr(blocks, "resblocks"):  # a timm image tower, an HF text tower
-            raise InputError(f"the {tower} tower of this open_clip model is not open_clip's own "
-                             f"transformer: OpenCLIPBackbone.towers declares no depths for it")
-        return len(blocks.resblocks)
+        if tower == "image":
+            return self.image.num_layers()
+        text = getattr(self.clip, "text", self.clip)  # CustomTextCLIP: under .text
+        if not hasattr(getattr(text, "transformer", None), "resblocks"):  # an HF text tower
+            raise InputError("the text tower of this open_clip model is not open_clip's own "
+                             "transformer: OpenCLIPBackbone.towers declares no depths for it")
+        return len(text.transformer.resblocks)
 
     def _image_blocks(self) -> list[nn.Module]:
-        return list(self.clip.visual.transformer.resblocks)
+        return self.image.reinit_modules(self.num_layers("image"))
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.clip.set_grad_checkpointing(enable)  # both towers (timm and HF ones included)
 
 
 def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
@@ -248,136 +335,16 @@ def _build_open_clip(cfg: ModelConfig) -> Backbone:
             name, pretrained=pretrained, cache_dir=cfg.cache_dir, weights_only=True)
     except (RuntimeError, FileNotFoundError, ValueError) as e:
         raise InputError(f"model: could not build open_clip model {cfg.name!r}: {e}") from None
-    tokenizer = open_clip.get_tokenizer(name)
+    try:  # SigLIP names and hf_tokenizer_name fetch their tokenizer from the hub
+        tokenizer = open_clip.get_tokenizer(name, cache_dir=cfg.cache_dir)
+    except (ImportError, OSError, RuntimeError, ValueError) as e:
+        raise InputError(f"model: could not build the tokenizer of open_clip model {cfg.name!r} "
+                         f"({type(e).__name__}: {e}); offline, pass a downloaded model folder: "
+                         f"--set model.name=local-dir:/path/to/folder") from None
     normalize = [t for t in getattr(preprocess, "transforms", []) if hasattr(t, "mean")]
     mean, std = (normalize[-1].mean, normalize[-1].std) if normalize else (OPENAI_MEAN, OPENAI_STD)
     loaded = bool(pretrained) or name.startswith(("hf-hub:", "local-dir:"))
     return OpenCLIPBackbone(model, tokenizer, mean, std, pretrained=loaded)
-
-
-# --------------------------------------------------------------------------- transformers
-
-class HFCLIPBackbone(Backbone):
-    towers = {
-        "image": TowerDepth(("clip.vision_model.embeddings", "clip.vision_model.pre_layrnorm"),
-                            r"clip\.vision_model\.encoder\.layers\.(\d+)\.",
-                            ("clip.vision_model.post_layernorm", "clip.visual_projection")),
-        "text": TowerDepth(("clip.text_model.embeddings",),
-                           r"clip\.text_model\.encoder\.layers\.(\d+)\.",
-                           ("clip.text_model.final_layer_norm", "clip.text_projection")),
-    }
-    embeddings = ("clip.vision_model.embeddings.class_embedding",
-                  "clip.vision_model.embeddings.position_embedding.weight",
-                  "clip.text_model.embeddings.position_embedding.weight",
-                  "clip.text_model.embeddings.token_embedding.weight")
-
-    def __init__(self, model: nn.Module, tokenizer, image_mean, image_std,
-                 pretrained: bool = False):
-        super().__init__()
-        self.pretrained = pretrained
-        self.clip = model
-        self.tokenizer = tokenizer
-        vcfg = model.config.vision_config
-        self.embed_dim = int(model.config.projection_dim)
-        self.width = int(vcfg.hidden_size)
-        self.image_size = int(vcfg.image_size)
-        self.patch_size = int(vcfg.patch_size)
-        self.context_length = int(model.config.text_config.max_position_embeddings)
-        self.mean = tuple(float(v) for v in image_mean)
-        self.std = tuple(float(v) for v in image_std)
-        self.logit_scale_init = float(model.logit_scale.detach())
-        del model.logit_scale
-
-    def encode_frames(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        vision = self.clip.vision_model
-        hidden = vision(pixel_values=x).last_hidden_state  # [N, 1 + h*w, width]
-        # post_layernorm on the patch tokens too, as open_clip's ln_post does.
-        hidden = vision.post_layernorm(hidden)
-        return self.clip.visual_projection(hidden[:, 0]), hidden[:, 1:]
-
-    def tokenize(self, texts: list[str]) -> torch.Tensor:
-        from transformers import PreTrainedTokenizerBase
-        if isinstance(self.tokenizer, PreTrainedTokenizerBase):
-            out = self.tokenizer(texts, padding="max_length", truncation=True,
-                                 max_length=self.context_length, return_tensors="pt")
-            return out["input_ids"]
-        return self.tokenizer(texts)  # open_clip's CLIP BPE tokenizer (same vocabulary)
-
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        pooled = self.clip.text_model(input_ids=tokens).pooler_output
-        return self.clip.text_projection(pooled)
-
-    def text_parameters(self) -> list[nn.Parameter]:
-        return list(self.clip.text_model.parameters()) + list(self.clip.text_projection.parameters())
-
-    def num_layers(self, tower: str) -> int:
-        model = self.clip.vision_model if tower == "image" else self.clip.text_model
-        return len(model.encoder.layers)
-
-    def _image_blocks(self) -> list[nn.Module]:
-        return list(self.clip.vision_model.encoder.layers)
-
-    def _init_block(self, block: nn.Module) -> None:
-        """transformers' own init of CLIP (``_init_weights``), children before parents as
-        transformers applies it: the generic ``nn.Linear`` rule (std = initializer_factor) runs
-        first and the CLIP attention / MLP rules then set their own stds."""
-        for p in block.parameters():
-            p._is_hf_initialized = False  # else transformers' init skips loaded tensors
-        for m in reversed(list(block.modules())):  # every descendant before its ancestors
-            self.clip._init_weights(m)
-
-
-def _build_hf(cfg: ModelConfig) -> Backbone:
-    import open_clip
-    from transformers import AutoTokenizer, CLIPConfig, CLIPModel
-
-    name = cfg.name
-    if name.endswith(".json"):
-        # A CLIPConfig JSON: a randomly initialised model (tests, custom sizes).
-        path = resources.find("models", name)
-        try:
-            config = CLIPConfig.from_dict(json.loads(path.read_text()))
-        except (json.JSONDecodeError, TypeError, ValueError) as e:
-            raise InputError(f"{path}: not a valid CLIPConfig JSON: {e}") from None
-        model = CLIPModel(config)
-        tokenizer = open_clip.get_tokenizer(
-            "ViT-B-32", context_length=config.text_config.max_position_embeddings)
-        return HFCLIPBackbone(model, tokenizer, OPENAI_MEAN, OPENAI_STD)
-    local = Path(name).expanduser()
-    if not local.is_dir() and (local.exists() or name.startswith((".", "/", "~"))):
-        raise InputError(f"model.name: {name} is not a folder with a Hugging Face CLIPModel")
-    if not local.is_dir() and not _hub_reachable():
-        raise InputError(
-            f"model.name: {name} is not a local folder and huggingface.co cannot be reached. "
-            f"Download it on a machine with network (huggingface-cli download {name} --local-dir DIR) "
-            f"and pass --set model.name=DIR")
-    source = str(local) if local.is_dir() else name
-    try:
-        model = CLIPModel.from_pretrained(source, cache_dir=cfg.cache_dir)
-    except (OSError, ValueError) as e:
-        raise InputError(f"model.name: cannot load a CLIPModel from {name}: {e}") from None
-    tokenizer = None
-    if not local.is_dir() or any((local / f).is_file() for f in ("tokenizer.json", "vocab.json")):
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(source, cache_dir=cfg.cache_dir)
-        except (OSError, ValueError):
-            tokenizer = None
-    if tokenizer is None or len(tokenizer) < 1000:  # transformers may build an empty vocabulary
-        # CLIP models share one BPE vocabulary; a folder saved without tokenizer files still works.
-        logger.warning("%s has no tokenizer files; using CLIP's BPE tokenizer from open_clip", name)
-        tokenizer = open_clip.get_tokenizer(
-            "ViT-B-32", context_length=model.config.text_config.max_position_embeddings)
-    mean, std = _hf_image_stats(source, cfg.cache_dir)
-    return HFCLIPBackbone(model, tokenizer, mean, std, pretrained=True)
-
-
-def _hf_image_stats(source: str, cache_dir: str | None) -> tuple:
-    try:
-        from transformers import AutoImageProcessor
-        proc = AutoImageProcessor.from_pretrained(source, cache_dir=cache_dir)
-        return tuple(proc.image_mean), tuple(proc.image_std)
-    except (OSError, ValueError, AttributeError):
-        return OPENAI_MEAN, OPENAI_STD
 
 
 def build_backbone(cfg: ModelConfig) -> Backbone:
@@ -385,5 +352,6 @@ def build_backbone(cfg: ModelConfig) -> Backbone:
     if cfg.backbone == "open_clip":
         return _build_open_clip(cfg)
     if cfg.backbone == "hf":
-        return _build_hf(cfg)
+        from .hf_clip import build_hf
+        return build_hf(cfg)
     raise InputError(f"model.backbone: unknown backbone {cfg.backbone!r} (open_clip, hf)")

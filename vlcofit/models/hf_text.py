@@ -214,7 +214,7 @@ class HFTextCLIPBackbone(OpenCLIPBackbone):
         params = [f"clip.text.{n}" for n, _ in text.named_parameters()]
         self.embeddings = self.embeddings + tuple(
             f"{paths[id(m)]}.weight" for m in text.modules() if isinstance(m, nn.Embedding))
-        self.towers = {"image": OpenCLIPBackbone.towers["image"]}
+        self.towers = {}  # the image tower's depths: OpenCLIPBackbone.depth_of, self.image
         if layers is not None:  # else no text depths: layer decay names the tensors
             block = paths[id(layers)]
             embed = paths.get(id(getattr(text.transformer, "embeddings", None)), "")

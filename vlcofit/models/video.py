@@ -22,6 +22,7 @@ from .text import class_embeddings
 logger = logging.getLogger(__name__)
 
 MAX_LOG_SCALE = math.log(100.0)  # open_clip / CLIP: exp(logit_scale) <= 100
+SIGLIP_BIAS_INIT = -10.0  # SigLIP's initial logit bias (Zhai et al. 2023), for ``loss: sigmoid``
 
 
 class VideoCLIP(nn.Module):
@@ -34,6 +35,9 @@ class VideoCLIP(nn.Module):
 
     Logit scales are clamped into range after each optimizer step (``clamp_logit_scales``),
     after loading weights and at build time, never in the forward pass.
+
+    ``sigmoid`` (``model.loss``): SigLIP's loss, logits ``scale * cos + logit_bias``; a
+    SigLIP backbone brings its trained bias, a CLIP one trained with it starts at -10.
     """
 
     def __init__(self, backbone: Backbone, cfg: ModelConfig, class_names: Sequence[str],
@@ -42,6 +46,10 @@ class VideoCLIP(nn.Module):
         self.backbone = backbone
         self.temporal = build_temporal(cfg.temporal, backbone.embed_dim, cfg.temporal_layers)
         self.logit_scale = nn.Parameter(torch.tensor(float(backbone.logit_scale_init)))
+        bias = backbone.logit_bias_init
+        self.sigmoid = cfg.loss == "sigmoid" or (cfg.loss == "auto" and bias is not None)
+        self.logit_bias = None if bias is None and not self.sigmoid else nn.Parameter(
+            torch.tensor(SIGLIP_BIAS_INIT if bias is None else float(bias)))
         self.train_text = cfg.train_text
         self.class_names = list(class_names)
         self.class_templates = [tuple(t) for t in class_templates]
@@ -112,10 +120,13 @@ class VideoCLIP(nn.Module):
     # ------------------------------------------------------------------ video
 
     def encode_video(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, T, 3, H, W] -> (video embedding [B, E], patch-token map [B, D, T, h, w])."""
+        """[B, T, 3, H, W] -> (video embedding [B, E], patch-token map [B, D, T, h, w]; None
+        where the image tower has none)."""
         b, t = video.shape[:2]
         pooled, tokens = self.backbone.encode_frames(video.flatten(0, 1))
         emb = self.temporal(pooled.reshape(b, t, -1))
+        if tokens is None:
+            return emb, None
         grid = int(math.isqrt(tokens.shape[1]))
         token_map = tokens.reshape(b, t, grid, grid, -1).permute(0, 4, 1, 2, 3)
         return emb, token_map
@@ -204,8 +215,18 @@ class VideoCLIP(nn.Module):
     # ------------------------------------------------------------------ scoring
 
     def score(self, emb: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """Embeddings [B, E] x class embeddings [C, E] -> logits [B, C] = scale * cos."""
-        return self.logit_scale.exp() * F.normalize(emb, dim=-1) @ text.to(emb.dtype).t()
+        """Embeddings [B, E] x class embeddings [C, E] -> logits [B, C] = scale * cos (+ bias)."""
+        logits = self.logit_scale.exp() * F.normalize(emb, dim=-1) @ text.to(emb.dtype).t()
+        return logits if self.logit_bias is None else logits + self.logit_bias
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class logits [B, C] -> probabilities as the model was trained: softmax over the
+        classes, or each class's own sigmoid (SigLIP: they need not sum to 1)."""
+        return logits.float().sigmoid() if self.sigmoid else logits.float().softmax(dim=-1)
+
+    def score_parameter_names(self) -> set[str]:
+        """The scale (and bias) of clip-level scores: trained by every text-scored loss."""
+        return {"logit_scale"} | ({"logit_bias"} if self.logit_bias is not None else set())
 
     def classify(self, emb: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Video embeddings [B, E] -> logits [B, C] over label-space ``rows`` (all if None)."""
@@ -222,6 +243,10 @@ class VideoCLIP(nn.Module):
         [K, C] against label-space ``rows`` (or any class embeddings ``text`` [C, E])."""
         if self.box_head is None:
             raise RuntimeError("this model has no box head (no localisation dataset in its config)")
+        if token_map is None:
+            from ..errors import InputError
+            raise InputError("model: this image tower gives no square patch-token map, which "
+                             "localisation (box pooling) needs: use a ViT or CNN tower")
         if text is None:
             text = self.class_matrix(rows)
         return self.box_head.logits(self.box_head(token_map, boxes, box_batch, context), text)
@@ -253,6 +278,8 @@ def _eval_mode(module: nn.Module):
 def build_model(cfg: ModelConfig, class_names: Sequence[str],
                 class_templates: Sequence[Sequence[str]], with_boxes: bool = False) -> VideoCLIP:
     model = VideoCLIP(build_backbone(cfg), cfg, class_names, class_templates)
+    if cfg.grad_checkpointing:
+        model.backbone.set_grad_checkpointing(True)
     if with_boxes:
         from .boxes import BoxHead
         model.box_head = BoxHead(model.backbone.width, model.backbone.embed_dim,

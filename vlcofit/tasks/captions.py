@@ -1,5 +1,5 @@
 """Captions: videos paired with free-text sentences (MSR-VTT, WebVid). Training: CLIP's symmetric
-contrastive loss between the batch's video embeddings and one caption per video, negatives
+contrastive loss (SigLIP's pairwise sigmoid loss for a sigmoid model) between the batch's video embeddings and one caption per video, negatives
 gathered from every process; evaluation: text->video and video->text retrieval (Recall@1/5/10,
 median and mean rank). No prompt file and no label-space rows: the text tower and the logit
 scale are what captions share with the classification and localisation datasets of a mixture.
@@ -31,7 +31,7 @@ class CaptionsTask:
     def used_parameters(self, model) -> set[str]:
         """Image tower + temporal module, the logit scale, the text tower if it trains."""
         image, text = encoder_parameters(model)
-        return image | text | {"logit_scale"}
+        return image | text | model.score_parameter_names()
 
     def dataset(self, card: DatasetCard, split: str, classes: ClassList, backbone: Backbone,
                 train: bool, seed: int) -> CaptionDataset:
@@ -41,9 +41,10 @@ class CaptionsTask:
     def loss(self, model, batch: dict, rows: torch.Tensor, t: TrainConfig) -> torch.Tensor:
         from ..losses import contrastive_loss
         captions = batch["caption"]
-        video, text, scale = model(batch["video"], head=lambda m, emb, tokens: (
-            emb, encode_captions(m, captions), m.logit_scale.exp()))
-        return contrastive_loss(video, text, scale)
+        video, text, scale, bias = model(batch["video"], head=lambda m, emb, tokens: (
+            emb, encode_captions(m, captions), m.logit_scale.exp(),
+            m.logit_bias if m.sigmoid else None))
+        return contrastive_loss(video, text, scale, bias)
 
     def evaluate(self, accelerator, model, loader, card: DatasetCard, rows: torch.Tensor,
                  classes: ClassList, split: str, out_dir: Path | None,

@@ -1,11 +1,10 @@
 """Classification: one label per clip; the clip embedding scored against the dataset's class
-names (softmax cross-entropy over its label-space rows); top-1 / top-5 / mean-class accuracy."""
+names (softmax cross-entropy over its label-space rows, or SigLIP's sigmoid loss); top-1 / top-5 / mean-class accuracy."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..config import DatasetCard, TrainConfig
 from ..data.classification import ClassificationDataset, collate
@@ -30,7 +29,7 @@ class ClassificationTask:
         image, text = encoder_parameters(model)
         if model.linear is not None:  # the linear head reads neither text nor the logit scale
             return image | parameters_under(model, "linear.")
-        return image | text | {"logit_scale"}
+        return image | text | model.score_parameter_names()
 
     def dataset(self, card: DatasetCard, split: str, classes: ClassList, backbone: Backbone,
                 train: bool, seed: int) -> ClassificationDataset:
@@ -39,8 +38,10 @@ class ClassificationTask:
                                      seed=seed)
 
     def loss(self, model, batch: dict, rows: torch.Tensor, t: TrainConfig) -> torch.Tensor:
-        logits = model(batch["video"], head=lambda m, emb, tokens: m.classify(emb, rows))
-        return F.cross_entropy(logits.float(), batch["label"], label_smoothing=t.label_smoothing)
+        from ..losses import label_loss
+        logits, sigmoid = model(batch["video"], head=lambda m, emb, tokens: (
+            m.classify(emb, rows), m.sigmoid))
+        return label_loss(logits, batch["label"], sigmoid, t.label_smoothing)
 
     def evaluate(self, accelerator, model, loader, card: DatasetCard, rows: torch.Tensor,
                  classes: ClassList, split: str, out_dir: Path | None,
