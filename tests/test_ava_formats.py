@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from vlcofit.data import ava_formats as F
+from vlcofit.data import ava_csv
 from vlcofit.data.ava_formats import (AvaTable, group_boxes, read_detections, read_exclusions,
                                       read_groundtruth, read_labelmap, read_proposals,
                                       validate_proposal_keys, write_detections, write_groundtruth,
@@ -97,7 +97,7 @@ def test_bad_detection_rows_name_file_and_line(tmp_path, row, what) -> None:
 
 
 def test_bad_rows_across_parse_blocks(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(F, "_BLOCK", 64)  # many small blocks: line numbers must carry over
+    monkeypatch.setattr(ava_csv, "_BLOCK", 64)  # many small blocks: line numbers must carry over
     rows = [f"v,{902 + i},0.1,0.2,0.3,0.4,{i % 5 + 1},0.{i:03d}\n" for i in range(200)]
     path = _write(tmp_path, "det.csv", "".join(rows))
     det = read_detections(path)
