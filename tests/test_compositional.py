@@ -18,6 +18,12 @@ def test_split_is_disjoint_and_covers_every_attribute():
         counts = Counter(c[i] for c in seen)
         assert set(counts) == set(values) and min(counts.values()) >= 9, counts
     assert name("red", "circle", "moving left") == "a red circle moving left"
+    # the synonym names: the unseen ones word for word, no word of theirs in any training name
+    synonyms = names["unseen_synonyms"]
+    assert len(set(synonyms)) == 12 and synonyms[1] == "a crimson box getting bigger"
+    seen_words = {w for n in names["seen"] for w in n.split()}
+    new_words = {w for n in synonyms for w in n.split()} - {"a", "an"}
+    assert not new_words & seen_words, new_words & seen_words
 
 
 def test_shipped_prompt_files_are_the_split():
@@ -41,6 +47,8 @@ def test_generator_writes_the_splits(tmp_path):
     assert sorted(labels("val_unseen.csv")) == sorted(names["unseen"])
     # the few-shot pool: unseen compositions only, twice each, in files of their own
     assert sorted(labels("train_unseen.csv")) == sorted(names["unseen"] * 2)
+    to_synonym = dict(zip(names["unseen"], names["unseen_synonyms"]))
+    assert labels("val_unseen_synonyms.csv") == [to_synonym[n] for n in labels("val_unseen.csv")]
     paths = [(root / f).read_text().splitlines()[1:] for f in ("train.csv", "train_unseen.csv")]
     assert not {r.split(",")[0] for r in paths[0]} & {r.split(",")[0] for r in paths[1]}
     before = (root / "train" / "000000.mp4").read_bytes()

@@ -118,7 +118,8 @@ def test_make_prompts_reproduces_shipped_files(tmp_path: Path) -> None:
     shipped = sorted(p.relative_to(shipped_dir).as_posix() for p in shipped_dir.rglob("*.txt")
                      if p.name not in ("demo.txt", "demo_ava.txt", "demo_target.txt",
                                        "compositional_seen.txt", "compositional_unseen.txt",
-                                       "compositional_all.txt"))
+                                       "compositional_all.txt",
+                                       "compositional_unseen_synonyms.txt"))
     assert generated == shipped and len(generated) == 24
     for rel in generated:
         assert (tmp_path / rel).read_bytes() == (shipped_dir / rel).read_bytes(), rel

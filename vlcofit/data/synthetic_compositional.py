@@ -12,7 +12,8 @@ The clips use the demo's renderer (:mod:`vlcofit.data.synthetic`: shape with an 
 dot, motion echo, textured dark background), with the shape in its colour. Layout under
 ``root``: ``train/``, ``val/`` (mp4), ``train.csv`` (seen compositions), ``val_seen.csv`` and
 ``val_unseen.csv`` (held-out clips of each kind), ``train_unseen.csv`` (clips of the unseen
-compositions for few-shot splits only), ``meta.json``. The class names are shipped
+compositions for few-shot splits only), ``val_unseen_synonyms.csv`` (val_unseen's clips labelled
+with the synonym names, prompt file ``compositional_unseen_synonyms``), ``meta.json``. The class names are shipped
 prompt files, ``prompts/compositional_seen.txt``, ``compositional_unseen.txt`` (:func:`split_names`)
 and ``compositional_all.txt`` (every composition). No horizontal flips: they would swap left and right.
 """
@@ -29,12 +30,20 @@ from .synthetic import SHAPES, ClipParams, _motion, _paint, already_made, mark_m
 COLOURS = {"red": (215, 45, 40), "green": (45, 190, 70), "blue": (55, 95, 235),
            "yellow": (235, 205, 45)}
 MOTIONS = ("moving left", "moving right", "moving up", "growing")
-FILES = ("train.csv", "val_seen.csv", "val_unseen.csv", "train_unseen.csv")
-_VERSION = 2  # 2: train_unseen.csv added (version 1's clips unchanged)
+# Words never in a training name, one per word that is: the unseen names rewritten with them
+# test meaning rather than shared words (an encoder that knows "crimson" is a red)
+SYNONYMS = {"red": "crimson", "green": "emerald", "blue": "azure", "yellow": "golden",
+            "circle": "disc", "square": "box", "triangle": "wedge",
+            "moving left": "sliding leftward", "moving right": "drifting rightward",
+            "moving up": "rising", "growing": "getting bigger"}
+FILES = ("train.csv", "val_seen.csv", "val_unseen.csv", "train_unseen.csv",
+         "val_unseen_synonyms.csv")
+# 2: train_unseen.csv; 3: val_unseen_synonyms.csv (version 1's clips unchanged in both)
+_VERSION = 3
 
 
 def name(colour: str, shape: str, motion: str) -> str:
-    return f"a {colour} {shape} {motion}"
+    return f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {shape} {motion}"
 
 
 def compositions() -> list[tuple[str, str, str]]:
@@ -51,10 +60,13 @@ def unseen(colour: str, shape: str, motion: str) -> bool:
 
 
 def split_names() -> dict[str, list[str]]:
-    """``{"seen": [...], "unseen": [...]}`` class names."""
-    out: dict[str, list[str]] = {"seen": [], "unseen": []}
+    """``{"seen": [...], "unseen": [...], "unseen_synonyms": [...]}`` class names (the last:
+    the unseen ones in the same order, every word replaced by its :data:`SYNONYMS` entry)."""
+    out: dict[str, list[str]] = {"seen": [], "unseen": [], "unseen_synonyms": []}
     for combo in compositions():
         out["unseen" if unseen(*combo) else "seen"].append(name(*combo))
+        if unseen(*combo):
+            out["unseen_synonyms"].append(name(*(SYNONYMS[w] for w in combo)))
     return out
 
 
@@ -111,8 +123,11 @@ def make_compositional(root: str | Path, *, per_class_train: int = 12, per_class
     # a stream of its own, after the others: version 1's clips stay byte for byte the same
     train_unseen = _write_rows(root, "train", held, per_class_fewshot, [seed, 3],
                                start=len(train), **common)
+    to_synonyms = dict(zip(split_names()["unseen"], split_names()["unseen_synonyms"]))
+    synonyms = [f"{r.split(',')[0]},{to_synonyms[r.split(',')[1]]}" for r in val_unseen]
     for file, rows in (("train.csv", train), ("val_seen.csv", val_seen),
-                       ("val_unseen.csv", val_unseen), ("train_unseen.csv", train_unseen)):
+                       ("val_unseen.csv", val_unseen), ("train_unseen.csv", train_unseen),
+                       ("val_unseen_synonyms.csv", synonyms)):
         (root / file).write_text("\n".join(["path,label", *rows]) + "\n")
     mark_made(root, meta)
     return root
