@@ -12,7 +12,6 @@ start-up, allocator warm-up) are left out.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -27,7 +26,8 @@ WINDOW = 10
 def step_times(run: Path, batch: int) -> list[float]:
     """Seconds per step (one process), from each step's logged rate: the wall time since the
     previous log, data waits included."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    from vlcofit.runinfo import read_metrics
+    rows = read_metrics(run / "metrics.jsonl")
     return [batch / r["train/clips_per_s"] for r in rows if "train/clips_per_s" in r]
 
 

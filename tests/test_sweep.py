@@ -166,3 +166,7 @@ def test_curve_few_shot_and_a_linear_head_without_zero_shot(demo_data, tmp_path)
     assert all((out / f).is_file() for f in ("sweep_curve.png", "sweep_fewshot.png"))
     with pytest.raises(InputError, match="sweep.few_shot: 'nope' is not in datasets"):
         sweep("demo", [*extra, "sweep.few_shot=nope"], tmp_path / "bad", arms=arms)
+    for unread, needs in (("sweep.reach=0", "curve"), ("sweep.few_shot_set=[train.steps=1]",
+                                                       "few_shot")):
+        with pytest.raises(InputError, match=f"is set but sweep.{needs} is not"):
+            sweep("demo", [*_overrides(demo_data), unread], tmp_path / "bad", arms=arms)

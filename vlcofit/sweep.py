@@ -172,6 +172,10 @@ def sweep(config: str, overrides: list[str], out: Path, grid: list[str] | None =
     if spec.few_shot is not None and spec.few_shot not in cfg.datasets:
         raise InputError(f"sweep.few_shot: {spec.few_shot!r} is not in datasets "
                          f"({', '.join(cfg.datasets)})")
+    for key, needs in (("reach", "curve"), ("few_shot_set", "few_shot")):
+        if getattr(spec, key) not in (None, ()) and getattr(spec, needs) is None:  # unread
+            raise InputError(f"sweep.{key} is set but sweep.{needs} is not: set both, or drop "
+                             f"sweep.{key}")
     seeds = list(seeds if seeds is not None else spec.seeds)
     out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict[str, float]]] = {}
@@ -189,7 +193,10 @@ def sweep(config: str, overrides: list[str], out: Path, grid: list[str] | None =
                            for s, a in settings.items()},
               "shown": shown, "runs": runs, "summary": summary}
     if spec.curve:
-        report["curve"] = {"metric": spec.curve, "settings": {
+        if spec.curve not in keys:
+            raise InputError(f"sweep.curve: {spec.curve!r} is not among the runs' metrics "
+                             f"({', '.join(keys)}); the runs are kept: fix it and run again")
+        report["curve"] = {"metric": spec.curve, "reach": spec.reach, "settings": {
             s: curve_summary([out / folder_name(s, a) / f"seed{seed}" for seed in seeds],
                              spec.curve, spec.reach) for s, a in settings.items()}}
     if process_state().is_main_process:  # every process trained; one writes the report
@@ -197,7 +204,8 @@ def sweep(config: str, overrides: list[str], out: Path, grid: list[str] | None =
         (out / "sweep.md").write_text(format_table(report))
         plot_sweep(report, out / "sweep.png")
         if spec.curve:
-            plot_curves(report["curve"]["settings"], spec.curve, out / "sweep_curve.png")
+            plot_curves(report["curve"]["settings"], spec.curve, spec.reach,
+                        out / "sweep_curve.png")
         if spec.few_shot:
             plot_few_shot(report, out / "sweep_fewshot.png")
     return report
@@ -234,9 +242,9 @@ def best_versus(report: dict, setting: str, metric: str) -> dict:
 def format_table(report: dict) -> str:
     """One row per setting, one column per shown metric: mean ± std over the seeds."""
     shown, n = report["shown"], len(report["seeds"])
-    curve = report.get("curve", {}).get("settings", {})
-    reach = next((c["reach"] for c in curve.values() if "reach" in c), None)
-    extra = [f"steps to {curve_name(report)} >= {reach:g}"] if reach is not None else []
+    spec = report.get("curve", {})
+    curve, reach = spec.get("settings", {}), spec.get("reach")
+    extra = [f"steps to {spec['metric']} >= {reach:g}"] if reach is not None else []
     lines = [f"| setting (mean ± {STD}, {n} seeds) | " + " | ".join(shown + extra) + " |",
              "| --- |" + " --- |" * len(shown + extra)]
     for setting, per in report["summary"].items():
@@ -254,10 +262,6 @@ def _cell(stat: dict | None) -> str:
     if stat is None or stat["mean"] != stat["mean"]:  # NaN: absent from its runs
         return "-"
     return f"{stat['mean']:.2f} ± {stat['std']:.2f}"
-
-
-def curve_name(report: dict) -> str:
-    return report.get("curve", {}).get("metric", "")
 
 
 def plot_sweep(report: dict, path: Path) -> Path:

@@ -14,20 +14,18 @@ the same videos). Keys ``few_shot:<dataset>:k<K>/top1``; plotted as ``sweep_fews
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from .config import load_experiment
+from .runinfo import read_metrics
 from .stats import mean_std
 
 
 def eval_curve(run: Path, metric: str) -> dict[int, float]:
     """``metric`` at each evaluation step of run folder ``run`` (its metrics.jsonl)."""
     path = run / "metrics.jsonl"
-    if not path.is_file():
-        return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = read_metrics(path) if path.is_file() else []
     return {int(r["step"]): float(r[metric]) for r in rows if metric in r}
 
 
@@ -43,7 +41,6 @@ def curve_summary(runs: list[Path], metric: str, reach: float | None) -> dict:
     stats = [mean_std([c[s] for c in curves]) for s in steps]
     out = {"steps": steps, "mean": [m for m, _ in stats], "std": [s for _, s in stats]}
     if reach is not None:
-        out["reach"] = reach
         out["steps_to_reach"] = steps_to(steps, out["mean"], reach)
     return out
 
@@ -65,8 +62,8 @@ def _save(fig, ax, path: Path) -> Path:
     return path
 
 
-def plot_curves(curves: dict[str, dict], metric: str, path: Path) -> Path:
-    """One line per setting: the metric against training steps, ± std bands."""
+def plot_curves(curves: dict[str, dict], metric: str, reach: float | None, path: Path) -> Path:
+    """One line per setting: the metric against training steps, ± std bands; ``reach`` dashed."""
     fig, ax = _figure()
     for i, (setting, c) in enumerate(curves.items()):
         if not c["steps"]:
@@ -75,7 +72,6 @@ def plot_curves(curves: dict[str, dict], metric: str, path: Path) -> Path:
         hi = [m + s for m, s in zip(c["mean"], c["std"])]
         ax.plot(c["steps"], c["mean"], marker="o", ms=3, color=f"C{i % 10}", label=setting)
         ax.fill_between(c["steps"], lo, hi, color=f"C{i % 10}", alpha=0.15)
-    reach = next((c["reach"] for c in curves.values() if "reach" in c), None)
     if reach is not None:
         ax.axhline(reach, color="grey", ls="--", lw=1)
     ax.set_xlabel("training step")

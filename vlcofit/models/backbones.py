@@ -40,6 +40,17 @@ def _under(name: str, prefixes: tuple[str, ...]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
+def spec_depth(spec: TowerDepth, name: str, num_layers) -> int | None:
+    """``name``'s depth under ``spec`` (``num_layers()``: the tower's L, asked only for the
+    head); None: ``spec`` does not declare it."""
+    found = re.match(spec.block, name)
+    if found:
+        return int(found.group(1)) + 1
+    if _under(name, spec.embed):
+        return 0
+    return num_layers() + 1 if _under(name, spec.head) else None
+
+
 class Backbone(nn.Module):
     """Interface: image tower per frame, text tower, tokenizer, preprocessing constants, and
     each parameter's depth (``towers``: for layer decay, freezing and re-initialising blocks).
@@ -75,13 +86,9 @@ class Backbone(nn.Module):
         """A parameter name (within this module) -> (tower, depth in 0..L+1); None: no tower
         declares it (e.g. a timm or HF text tower inside open_clip)."""
         for tower, spec in self.towers.items():
-            found = re.match(spec.block, name)
-            if found:
-                return tower, int(found.group(1)) + 1
-            if _under(name, spec.embed):
-                return tower, 0
-            if _under(name, spec.head):
-                return tower, self.num_layers(tower) + 1
+            depth = spec_depth(spec, name, lambda tower=tower: self.num_layers(tower))
+            if depth is not None:
+                return tower, depth
         return None
 
     def num_layers(self, tower: str) -> int:
@@ -101,8 +108,9 @@ class Backbone(nn.Module):
         depths = {("image", d) for d in range(self.num_layers("image") - n + 1,
                                               self.num_layers("image") + 1)}  # block i: i + 1
         names = [k for k, _ in self.named_parameters() if self.depth_of(k) in depths]
+        blocks = self._image_blocks()
         with torch.no_grad():
-            for block in self._image_blocks()[len(self._image_blocks()) - n:]:
+            for block in blocks[len(blocks) - n:]:
                 self._init_block(block)
         return names
 
@@ -170,19 +178,14 @@ class OpenCLIPImage:
         return pooled, tokens
 
     def depth_of(self, name: str) -> int | None:
-        found = re.match(self.depth.block, name)
-        if found:
-            return int(found.group(1)) + 1
-        if _under(name, self.depth.embed):
-            return 0
-        return self.num_layers() + 1 if _under(name, self.depth.head) else None
+        return spec_depth(self.depth, name, self.num_layers)
 
     def num_layers(self) -> int:
         return len(self.visual.transformer.resblocks)
 
-    def reinit_modules(self, n: int) -> list[nn.Module]:
-        """The modules to re-initialise for the last ``n`` blocks."""
-        return list(self.visual.transformer.resblocks)[self.num_layers() - n:]
+    def blocks(self) -> list[nn.Module]:
+        """What to re-initialise for each block, in order."""
+        return list(self.visual.transformer.resblocks)
 
 
 def image_tower(visual: nn.Module):
@@ -264,7 +267,7 @@ class OpenCLIPBackbone(Backbone):
         return len(text.transformer.resblocks)
 
     def _image_blocks(self) -> list[nn.Module]:
-        return self.image.reinit_modules(self.num_layers("image"))
+        return self.image.blocks()
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.clip.set_grad_checkpointing(enable)  # both towers (timm and HF ones included)

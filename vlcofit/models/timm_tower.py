@@ -64,18 +64,16 @@ class TimmImage:
     def num_layers(self) -> int:
         return self._layers
 
-    def reinit_modules(self, n: int) -> list[nn.Module]:
-        """Per block, for the last ``n`` blocks, the modules whose own parameters are all in it
-        (so a shared final norm of another depth is left alone)."""
-        trunk = self.visual.trunk
-        first = self._layers - n + 1
-        blocks: list[list[nn.Module]] = [[] for _ in range(n)]
-        for prefix, module in trunk.named_modules():
+    def blocks(self) -> list[nn.Module]:
+        """Per block (depth 1..L), the modules whose own parameters all have its depth (so a
+        shared final norm of another depth is left alone)."""
+        blocks: list[list[nn.Module]] = [[] for _ in range(self._layers)]
+        for prefix, module in self.visual.trunk.named_modules():
             own = [f"trunk.{prefix}.{k}" if prefix else f"trunk.{k}"
                    for k, _ in module.named_parameters(recurse=False)]
             depths = {self._depth.get(k) for k in own}
-            if own and len(depths) == 1 and first <= (d := depths.pop()) <= self._layers:
-                blocks[d - first].append(module)
+            if own and len(depths) == 1 and 1 <= (d := depths.pop()) <= self._layers:
+                blocks[d - 1].append(module)
         return [nn.ModuleList(b) for b in blocks]
 
 

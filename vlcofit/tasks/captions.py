@@ -29,9 +29,10 @@ class CaptionsTask:
     metrics = ("t2v_R1", "t2v_R5", "t2v_R10", "v2t_R1")
 
     def used_parameters(self, model) -> set[str]:
-        """Image tower + temporal module, the logit scale, the text tower if it trains."""
+        """Image tower + temporal module, the logit scale (and bias, for the sigmoid loss: the
+        softmax one never reads it), the text tower if it trains."""
         image, text = encoder_parameters(model)
-        return image | text | model.score_parameter_names()
+        return image | text | {"logit_scale"} | ({"logit_bias"} if model.sigmoid else set())
 
     def dataset(self, card: DatasetCard, split: str, classes: ClassList, backbone: Backbone,
                 train: bool, seed: int) -> CaptionDataset:
