@@ -7,7 +7,8 @@
 #   TINY=1 bash bench/gpu.sh [OUT]   # the same steps with tiny models (checks the script on a CPU)
 #
 # Steps: device and versions; the training step vs a bare PyTorch loop and its MFU (ViT-B/16 x 8
-# frames x 224, bf16, text tower frozen); activation memory and peak memory with and without
+# frames x 224, bf16, text tower frozen, uint8 frames normalised on the GPU, fused AdamW), then
+# the same with model.compile; activation memory and peak memory with and without
 # model.grad_checkpointing (ViT-B/16 and ViT-L/14, 8 and 16 frames); FSDP on the one GPU through
 # configs/accelerate/fsdp.yaml: train, kill, resume, then single-process eval and predict of
 # its checkpoint; the GPU-marked test files.
@@ -34,6 +35,9 @@ run device bash -c "nvidia-smi || echo 'no nvidia-smi (CPU)'; python -c \
 'import torch, accelerate, open_clip, transformers; print(torch.__version__, accelerate.__version__, open_clip.__version__, transformers.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())'"
 run train_step python bench/train_step.py --model "$big" --batch "$batch" --frames 8 \
   --mixed-precision "$mp" --steps "$steps" --text-steps 3
+# model.compile (each image block through torch.compile): its own run, the compile time apart
+run train_step_compiled python bench/train_step.py --model "$big" --batch "$batch" --frames 8 \
+  --mixed-precision "$mp" --steps "$steps" --text-classes 0 --compile
 run memory python bench/memory.py --models "open_clip:$big,$large_backbone:$large" \
   --frames "$frames" --batch 8 --repeats 1 --steps 3
 
@@ -67,6 +71,7 @@ run fsdp_eval python -m vlcofit eval --checkpoint "$out/fsdp_run" --out "$out/fs
 run fsdp_predict python -m vlcofit predict --checkpoint "$out/fsdp_run" \
   "$data/val/000000.mp4" --labels demo
 
-run tests python -m pytest -q -x tests/test_train.py tests/test_strategies.py tests/test_image_towers.py
+run tests python -m pytest -q -x tests/test_train.py tests/test_strategies.py tests/test_image_towers.py \
+  tests/test_fsdp.py
 
 printf '%s\n' "${status[@]}" | tee "$out/summary.txt"

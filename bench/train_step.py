@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from vlcofit.config import ExperimentConfig, ModelConfig, TrainConfig
-from vlcofit.models.video import build_model
+from vlcofit.models.video import build_model, compile_image_blocks
 from vlcofit.optim import attach_l2sp, build_optimizer
 from vlcofit.prompts import read_templates
 from vlcofit.tasks import TASKS
@@ -80,7 +80,8 @@ def main() -> None:
     p.add_argument("--backbone", default="open_clip")
     p.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
     p.add_argument("--cpu", action="store_true", help="stay on the CPU even with a GPU")
-    p.add_argument("--compile", action="store_true", help="torch.compile both models' forward")
+    p.add_argument("--compile", action="store_true",
+                   help="model.compile: torch.compile each image-tower block, in both arms")
     p.add_argument("--profile", action="store_true",
                    help="also print the 15 most expensive ops of 3 vlcofit steps")
     p.add_argument("--text-classes", type=int, default=100,
@@ -98,15 +99,18 @@ def main() -> None:
     device = accelerator.device
     base_model = build_model(mcfg, names, [("a video of a person {}.",)] * len(names))
     size = base_model.backbone.image_size
-    video = torch.randn(args.batch, args.frames, 3, size, size, device=device)
+    # uint8, as the data pipeline delivers clips: both arms normalise on the device
+    video = torch.randint(0, 256, (args.batch, args.frames, 3, size, size), dtype=torch.uint8,
+                          device=device)
     label = torch.randint(0, len(names), (args.batch,), device=device)
     rows = torch.arange(len(names), device=device)
 
     # bare PyTorch
     bare = copy.deepcopy(base_model).to(device).train()
-    bare_opt = build_optimizer(bare, bare.new_parameter_names(), tcfg)
-    if args.compile:
-        bare.compile()
+    if args.compile:  # model.compile, on each copy (build_model would compile the original)
+        compile_image_blocks(bare)
+    fused = device.type == "cuda"  # as the trainer
+    bare_opt = build_optimizer(bare, bare.new_parameter_names(), tcfg, fused=fused)
     autocast = (lambda: torch.autocast(device.type, dtype=DTYPES[args.mixed_precision])) \
         if args.mixed_precision != "no" else nullcontext
     scaler = torch.amp.GradScaler(device.type, enabled=args.mixed_precision == "fp16")
@@ -131,9 +135,9 @@ def main() -> None:
 
     # vlcofit
     ours = copy.deepcopy(base_model)
-    opt = build_optimizer(ours, ours.new_parameter_names(), tcfg)
     if args.compile:
-        ours.compile()
+        compile_image_blocks(ours)
+    opt = build_optimizer(ours, ours.new_parameter_names(), tcfg, fused=fused)
     ours, opt = accelerator.prepare(ours, opt)
     ours.train()
     batch = {"video": video, "label": label, "bad": []}

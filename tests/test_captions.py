@@ -164,7 +164,7 @@ def data(tmp_path_factory) -> dict[str, Path]:
 def _dataset(demo: Path, train: bool, seed: int = 0, **kw) -> CaptionDataset:
     card = _card(demo, train="captions_train.csv", val="captions_val.csv", num_frames=4,
                  hflip=False, **kw)
-    transform = build_transform(train, 32, (0.5,) * 3, (0.5,) * 3)
+    transform = build_transform(train, 32)
     return CaptionDataset(read_caption_records(card, "train" if train else "val"), card,
                           transform, train=train, seed=seed)
 

@@ -207,14 +207,14 @@ def _dataset(root: Path, train: bool, **card_kw) -> ClassificationDataset:
     records = [VideoRecord(root / f"{i}.mp4", i, f"list:{i + 1}") for i in range(3)]
     records.insert(1, VideoRecord(root / "bad.mp4", 2, "list:9"))
     card = DatasetCard(name="x", prompts="x", num_frames=4, **card_kw)
-    transform = build_transform(train, 16, (0.5,) * 3, (0.5,) * 3, crops=card.test_crops)
+    transform = build_transform(train, 16, crops=card.test_crops)
     return ClassificationDataset(records, card, transform, train=train, seed=1)
 
 
 def test_train_items_reproducible_per_seed_epoch_index(videos):
     data = _dataset(videos, train=True)
     item = data[0]
-    assert item["video"].shape == (4, 3, 16, 16) and item["video"].dtype == torch.float32
+    assert item["video"].shape == (4, 3, 16, 16) and item["video"].dtype == torch.uint8
     assert (item["label"], item["index"], item["valid"], item["bad"]) == (0, 0, True, [])
     assert torch.equal(item["video"], data[0]["video"])
     data.set_epoch(1)
@@ -238,7 +238,7 @@ def test_train_substitutes_a_bad_video(videos):
 def test_train_gives_up_when_every_video_is_unreadable(tmp_path):
     records = [VideoRecord(tmp_path / f"{i}.mp4", 0, f"l:{i}") for i in range(3)]
     data = ClassificationDataset(records, DatasetCard(name="x", prompts="x"),
-                                 build_transform(True, 16, (0.5,) * 3, (0.5,) * 3), train=True)
+                                 build_transform(True, 16), train=True)
     with pytest.raises(RuntimeError, match="3 unreadable videos"):
         data[0]
 
@@ -252,13 +252,13 @@ def test_eval_views_and_invalid_videos(videos):
     assert bad["video"].shape == (6, 4, 3, 16, 16) and not bad["video"].any()
     assert (bad["label"], bad["valid"], bad["bad"]) == (2, False, [str(videos / "bad.mp4")])
     # the two temporal clips of a TSN view differ (brightness rises with the frame index)
-    assert good["video"][3:].mean() > good["video"][:3].mean()
+    assert good["video"][3:].float().mean() > good["video"][:3].float().mean()
 
 
 def test_eval_frames_are_the_centre_frames(videos):
     data = _dataset(videos, train=False)
     video = data[3]["video"]  # 2.mp4: frame k has grey level 120 + 5k; TSN centres 1, 4, 7, 10
-    levels = ((video[0] * 0.5 + 0.5) * 255).mean(dim=(1, 2, 3))
+    levels = video[0].float().mean(dim=(1, 2, 3))
     assert levels.tolist() == pytest.approx([125, 140, 155, 170], abs=3)
 
 
@@ -301,7 +301,7 @@ def test_uninstalled_decoder_is_an_input_error(videos):
     except ImportError:
         with pytest.raises(InputError, match="not installed"):
             ClassificationDataset([VideoRecord(videos / "0.mp4", 0, "l:1")], card,
-                                  build_transform(False, 16, (0.5,) * 3, (0.5,) * 3), train=False)
+                                  build_transform(False, 16), train=False)
 
 
 # --------------------------------------------------------------------------- shipped cards

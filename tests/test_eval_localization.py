@@ -113,6 +113,9 @@ class StandIn(nn.Module):
     def class_matrix(self):
         return self.text
 
+    def forward(self, call):  # VideoCLIP's: evaluation code runs inside the forward
+        return call(self)
+
     def box_logits(self, token_map, boxes, box_batch, rows=None, text=None, context=None):
         # what VideoCLIP.box_logits does with a BoxHead
         if text is None:

@@ -80,6 +80,53 @@ def test_grad_checkpointing_gives_the_same_gradients(backbone, name, grid, sigmo
         torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("backbone,name", [f[:2] for f in FAMILIES] + [
+    ("open_clip", "tiny"), ("hf", "tiny_hf.json")])  # open_clip's own ViT, Hugging Face CLIP
+def test_every_attention_layer_runs_scaled_dot_product_attention(backbone, name, monkeypatch):
+    """Fused attention (PyTorch's SDPA: flash / memory-efficient kernels on a GPU) in every
+    image-tower block and text-tower block, in training, where the unfused path would keep
+    the [heads, N, N] attention matrix for backward."""
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return sdpa(*args, **kwargs)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counting)
+    model = _build(backbone, name, train_text=True, temporal="mean").train()
+    size = model.backbone.image_size
+    video = torch.randint(0, 256, (2, 2, 3, size, size), dtype=torch.uint8)
+    model.encode_video(video)
+    image = len(calls)
+    model.backbone.encode_text(model.backbone.tokenize(["a red square"]))
+    cnn = name == "tiny_convnext"  # no attention in its image tower
+    assert image == 0 if cnn else image >= model.backbone.num_layers("image")
+    assert len(calls) - image >= model.backbone.num_layers("text")
+
+
+def test_compiled_image_blocks_give_the_same_outputs_and_gradients():
+    """model.compile: each image block compiled in place (inductor, CPU here); the state-dict
+    names stay, so checkpoints load either way. One family: compiling takes ~30 s on 2 cores."""
+    runs = []
+    for compiled in (False, True):
+        model = _build("open_clip", "tiny", compile=compiled).eval()
+        size = model.backbone.image_size
+        video = torch.randint(0, 256, (2, 2, 3, size, size), dtype=torch.uint8,
+                              generator=torch.Generator().manual_seed(1))
+        out = model.classify(model.encode_video(video)[0])
+        out.square().sum().backward()
+        runs.append((model, out.detach(),
+                     {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (plain, a, ga), (comp, b, gb) = runs
+    assert plain.state_dict().keys() == comp.state_dict().keys()
+    assert all(hasattr(block, "_compiled_call_impl") and block._compiled_call_impl is not None
+               for block in comp.backbone.image_blocks())
+    torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    assert ga.keys() == gb.keys() and ga
+    for n in ga:
+        torch.testing.assert_close(gb[n], ga[n], rtol=1e-3, atol=1e-5)
+
+
 def test_reinit_last_resets_the_last_timm_blocks_only():
     model = _build("open_clip", "tiny_timm_vit")
     model.mark_loaded({n for n, _ in model.named_parameters() if n.startswith("backbone.")})

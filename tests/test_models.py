@@ -113,6 +113,32 @@ def test_logit_scale_clamped_at_build_and_load(tmp_path, tiny_open_clip):
     assert model.logit_scale.item() == LN100
 
 
+def test_checkpoints_with_scalar_scales_still_load(tmp_path):
+    """The scales and biases became one-element vectors (FSDP 2 cannot shard a 0-d parameter);
+    a model.safetensors written before, holding them as scalars, still fits and loads."""
+    from safetensors.torch import save_file
+
+    from vlcofit.checkpoint import check_fits, load_matching
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="tiny", loss="sigmoid"), NAMES, [TEMPLATES] * 4,
+                        with_boxes=True)
+    vectors = [k for k, v in model.state_dict().items() if v.shape == (1,)]
+    assert {"logit_scale", "logit_bias", "box_head.logit_scale", "box_head.logit_bias"} <= set(vectors)
+    assert not [k for k, v in model.state_dict().items() if v.ndim == 0]
+    old = {k: (v.reshape(()) + 0.25 if k in vectors else v).contiguous()
+           for k, v in model.state_dict().items()}
+    save_file(old, tmp_path / "model.safetensors")
+    torch.manual_seed(1)
+    fresh = build_model(ModelConfig(name="tiny", loss="sigmoid"), NAMES, [TEMPLATES] * 4,
+                        with_boxes=True)
+    check_fits(fresh, tmp_path / "model.safetensors")  # no error: () and (1,) fit
+    assert load_matching(fresh, tmp_path) == []
+    for k in vectors:
+        assert fresh.state_dict()[k].shape == (1,)
+        assert fresh.state_dict()[k].item() == pytest.approx(
+            min(old[k].item(), LN100) if k == "logit_scale" else old[k].item())
+
+
 # ------------------------------------------------------------------ trained text tower
 
 ROW_TEMPLATES = [TEMPLATES, ("{} in a video.", "a person {}."), TEMPLATES, ("a clip of {}.",)]

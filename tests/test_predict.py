@@ -46,7 +46,7 @@ def _expected(model, video: Path, names: list[str], templates: list[str]) -> tor
     with open_video(video) as reader:
         frames = reader.read(tsn_indices(reader.num_frames, 8, train=False)[0])
     b = model.backbone
-    clip = build_transform(False, b.image_size, b.mean, b.std)(frames)  # [1, T, 3, S, S]
+    clip = build_transform(False, b.image_size)(frames)  # [1, T, 3, S, S]
     with torch.no_grad():
         emb, _ = model.encode_video(clip)
         return model.score(emb, model.embed_texts(names, templates)).softmax(-1)[0]
@@ -142,7 +142,7 @@ def test_predict_boxes_per_person(videos, labels, tmp_path):
     clip = read_clip_at(videos[0], 0.5, 4, 2)
     model.cpu()  # predict_boxes moved it to the GPU where there is one
     b = model.backbone
-    video, kept, _ = BoxEvalTransform(b.image_size, b.mean, b.std)(clip, torch.tensor([[0.5, 0, 1, 1.0]]))
+    video, kept, _ = BoxEvalTransform(b.image_size)(clip, torch.tensor([[0.5, 0, 1, 1.0]]))
     with torch.no_grad():
         emb, tokens = model.encode_video(video[None])
         text = model.embed_texts(labels.read_text().splitlines(), ["a video of a person {}."])

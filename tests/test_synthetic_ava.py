@@ -98,8 +98,8 @@ def test_boxes_are_on_the_shapes(demo):
 def test_the_card_reads_the_demo(demo):
     card = load_card("demo_ava", {"root": str(demo)})
     classes = read_class_list("demo_ava")
-    train = LocalizationDataset(card, "train", classes, 32, [0.5] * 3, [0.5] * 3, train=True)
-    val = LocalizationDataset(card, "val", classes, 32, [0.5] * 3, [0.5] * 3, train=False)
+    train = LocalizationDataset(card, "train", classes, 32, train=True)
+    val = LocalizationDataset(card, "val", classes, 32, train=False)
     assert len(val) == 12 * 9 - 2
     batch = collate_boxes([train[0], train[5], val[0]])
     assert batch["video"].shape == (3, 8, 3, 32, 32) and batch["valid"].all()

@@ -53,6 +53,7 @@ import torch
 from .config import ExperimentConfig, TrainConfig, apply_overrides, from_dict, to_dict
 from .errors import InputError
 from .fit import KNN_K
+from .strategy import for_inference
 
 logger = logging.getLogger(__name__)
 
@@ -257,7 +258,7 @@ def advise(cfg: ExperimentConfig, out: Path, dataset_names: Sequence[str] | None
     names = fit_datasets(cfg, dataset_names)
     accelerator = make_accelerator(cfg, None)
     labels = build_labels(cfg)
-    model = accelerator.prepare(start_model(cfg, labels))
+    model = for_inference(accelerator, start_model(cfg, labels))
     base = accelerator.unwrap_model(model)
     cache = FeatureCache(cache_dir if cache_dir is not None else out / "features")
     measures = measure_fit(cfg, accelerator, model, labels, names, cache,

@@ -61,13 +61,17 @@ def default_cache_dir(run_dir: str | Path | None = None) -> Path:
 
 
 def _hash_tensor(h: "hashlib._Hash", name: str, tensor: torch.Tensor) -> None:
-    t = tensor.detach().cpu().contiguous()
+    t = tensor.detach()
+    if hasattr(t, "full_tensor"):  # an FSDP 2 shard (DTensor): the whole tensor, a collective
+        t = t.full_tensor()
+    t = t.cpu().contiguous()
     h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
     h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 def model_fingerprint(model: torch.nn.Module, model_cfg: ModelConfig) -> str:
-    """SHA-256 of the video-encoding weights and the model config (see the module docstring)."""
+    """SHA-256 of the video-encoding weights and the model config (see the module docstring).
+    Under FSDP a collective (each sharded tensor is gathered): call on every process."""
     text_ids = {id(p) for p in model.backbone.text_parameters()}
     h = hashlib.sha256()
     cfg = {k: v for k, v in dataclasses.asdict(model_cfg).items() if k != "cache_dir"}

@@ -33,6 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_file
 
 from .errors import InputError
+from .models.video import stored_shape
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +159,8 @@ def load_matching(model: nn.Module, ckpt: Path) -> list[str]:
     except (SafetensorError, OSError) as err:
         raise _safetensors_error(file, err) from None
     own = model.state_dict()
-    take = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
+    take = {k: v.reshape(own[k].shape) for k, v in saved.items()
+            if k in own and stored_shape(own[k].shape) == stored_shape(v.shape)}
     if not any(k.startswith("backbone.") for k in take):
         raise InputError(f"{file}: no backbone weights fit this model (another model config?)")
     model.load_state_dict(take, strict=False)
@@ -270,7 +272,7 @@ def check_fits(model: nn.Module, file: Path) -> None:
         raise _safetensors_error(file, err) from None
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
-    shapes = [k for k in own if k in saved and own[k] != saved[k]]
+    shapes = [k for k in own if k in saved and stored_shape(own[k]) != stored_shape(saved[k])]
     if missing or unexpected or shapes:
         detail = (f"shape of {shapes[0]}: {saved[shapes[0]]} saved, {own[shapes[0]]} here"
                   if shapes else f"missing {missing[:3]}, unexpected {unexpected[:3]}")

@@ -41,12 +41,13 @@ from typing import Mapping
 import numpy as np
 import torch
 from accelerate.utils import broadcast_object_list
-from tqdm.auto import tqdm
 
 from .data.ava_formats import (AvaTable, make_key, read_exclusions, read_groundtruth,
                                write_detections)
+from .evaluate import eval_batches
 from .metrics import ava
 from .prompts import ClassList
+from .strategy import evaluating, inside
 
 logger = logging.getLogger(__name__)
 
@@ -69,30 +70,25 @@ def extract_box_scores(accelerator, model, loader, text: torch.Tensor,
     float64, scores [k, C] float64)``, in loader order; truncated is True if ``max_batches``
     stopped before the end of the loader.
     """
-    model = accelerator.unwrap_model(model)
-    was_training = model.training
-    model.eval()
     text = text.to(accelerator.device)
     records: list = []
-    total = len(loader) if max_batches is None else min(len(loader), max_batches)
-    bar = tqdm(loader, total=total, desc=desc, unit="batch", leave=False,
-               disable=not accelerator.is_main_process)
-    truncated = False
-    for i, batch in enumerate(bar):
-        if max_batches is not None and i >= max_batches:
-            truncated = True
-            break
-        boxes = batch["boxes"].to(accelerator.device)
-        box_batch = batch["box_batch"].to(accelerator.device)
-        with accelerator.autocast():
-            emb, token_map = model.encode_video(batch["video"].to(accelerator.device))
-            logits = model.box_logits(token_map, boxes, box_batch, text=text, context=emb)
-        # float64 sigmoid: float32 saturates to 1.0 (ties) from logit ~17, float64 from ~37
-        local = _split_samples(batch, logits.float().cpu().double().sigmoid().numpy())
-        # one list element per sample, so the duplicated padding at the end can be cut off
-        records.extend(accelerator.gather_for_metrics(local, use_gather_object=True))
-    model.train(was_training)
+    truncated = max_batches is not None and len(loader) > max_batches
+    with evaluating(model):
+        for batch in eval_batches(accelerator, loader, max_batches, desc):
+            with accelerator.autocast():
+                logits = inside(model, lambda m: _box_logits(m, batch, text, accelerator.device))
+            # float64 sigmoid: float32 saturates to 1.0 (ties) from logit ~17, float64 from ~37
+            local = _split_samples(batch, logits.float().cpu().double().sigmoid().numpy())
+            # one list element per sample, so the duplicated padding at the end can be cut off
+            records.extend(accelerator.gather_for_metrics(local, use_gather_object=True))
     return records, truncated
+
+
+def _box_logits(model, batch: Mapping, text: torch.Tensor, device) -> torch.Tensor:
+    """One batch's box logits [K, C] against class embeddings ``text`` [C, E]."""
+    emb, token_map = model.encode_video(batch["video"].to(device))
+    return model.box_logits(token_map, batch["boxes"].to(device), batch["box_batch"].to(device),
+                            text=text, context=emb)
 
 
 def _split_samples(batch: Mapping, scores: np.ndarray) -> list:
@@ -172,11 +168,11 @@ def evaluate_localization(accelerator, model, loader, name: str, rows: torch.Ten
     ``vlcofit.metrics.ava.PROTOCOLS``. With ``out_dir`` (main process) writes
     ``<name>_detections.csv``, ``<name>_per_class_ap.csv`` and ``<name>_per_class_ap.png``."""
     ava.check_protocol(protocol)  # before the pass over the data
-    unwrapped = accelerator.unwrap_model(model)
-    mode = unwrapped.training
-    with torch.no_grad():  # in eval mode, as classification scoring gets its class matrix
-        text = class_text if class_text is not None else unwrapped.eval().class_matrix()[rows]
-    unwrapped.train(mode)
+    if class_text is not None:
+        text = class_text
+    else:  # in eval mode, as classification scoring gets its class matrix
+        with evaluating(model):
+            text = inside(model, lambda m: m.class_matrix()[rows.to(m.logit_scale.device)])
     if text.shape[0] != len(classes):
         raise ValueError(f"{name}: {text.shape[0]} class embeddings for {len(classes)} classes")
     records, truncated = extract_box_scores(accelerator, model, loader, text, max_batches,

@@ -24,9 +24,10 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from .evaluate import eval_batches
 from .metrics.retrieval import rank_metrics, t2v_ranks, v2t_ranks
+from .strategy import evaluating, inside
 
 logger = logging.getLogger(__name__)
 
@@ -41,22 +42,16 @@ def extract_pairs(accelerator, model, loader, max_batches: int | None = None,
     Returns ``video`` [N, E] and ``text`` [N, M, E] (unit, float32; M = the dataset's most
     captions per video, ``mask`` [N, M] marks the real ones), ``index`` [N] (record index),
     ``valid`` [N] (False: unreadable video)."""
-    model = accelerator.unwrap_model(model)
-    was_training = model.training
-    model.eval()
     width = loader.dataset.max_captions
     parts: list[tuple[torch.Tensor, ...]] = []
-    total = len(loader) if max_batches is None else min(len(loader), max_batches)
-    for i, batch in enumerate(tqdm(loader, total=total, desc=desc, unit="batch", leave=False,
-                                   disable=not accelerator.is_main_process)):
-        if max_batches is not None and i >= max_batches:
-            break
-        video = _embed_videos(accelerator, model, batch["video"])
-        text, mask = _embed_captions(accelerator, model, batch["captions"], width)
-        gathered = accelerator.gather_for_metrics(
-            (video, text, mask, batch["index"].to(video.device), batch["valid"].to(video.device)))
-        parts.append(tuple(t.cpu() for t in gathered))
-    model.train(was_training)
+    with evaluating(model):
+        for batch in eval_batches(accelerator, loader, max_batches, desc):
+            with accelerator.autocast():
+                video, text, mask = inside(model, lambda m: (
+                    _embed_videos(m, batch["video"]), *_embed_captions(m, batch["captions"], width)))
+            gathered = accelerator.gather_for_metrics(
+                (video, text, mask, batch["index"].to(video.device), batch["valid"].to(video.device)))
+            parts.append(tuple(t.cpu() for t in gathered))
     keys = ("video", "text", "mask", "index", "valid")
     if not parts:
         return {"video": torch.empty(0, 0), "text": torch.empty(0, width, 0),
@@ -66,26 +61,24 @@ def extract_pairs(accelerator, model, loader, max_batches: int | None = None,
     return {k: torch.cat([p[n] for p in parts]) for n, k in enumerate(keys)}
 
 
-def _embed_videos(accelerator, model, video: torch.Tensor) -> torch.Tensor:
+def _embed_videos(model, video: torch.Tensor) -> torch.Tensor:
     """[B, T, 3, H, W] or [B, V, T, 3, H, W] (V views) -> unit embeddings [B, E]."""
     if video.ndim == 5:
         video = video[:, None]
     b, v = video.shape[:2]
-    with accelerator.autocast():
-        emb, _ = model.encode_video(video.flatten(0, 1))
+    emb, _ = model.encode_video(video.to(model.logit_scale.device).flatten(0, 1))
     views = F.normalize(emb.float(), dim=-1).reshape(b, v, -1)
     return F.normalize(views.mean(dim=1), dim=-1)
 
 
-def _embed_captions(accelerator, model, captions: Sequence[Sequence[str]],
+def _embed_captions(model, captions: Sequence[Sequence[str]],
                     width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """B videos' captions -> unit embeddings [B, width, E] (zeros past a video's last caption)
     and the mask of real ones [B, width]: a fixed shape, so processes can gather them."""
     device = model.logit_scale.device
     counts = torch.tensor([len(c) for c in captions], device=device)
     tokens = model.backbone.tokenize([c for cs in captions for c in cs]).to(device)
-    with accelerator.autocast():
-        text = F.normalize(model.backbone.encode_text(tokens).float(), dim=-1)  # [K, E]
+    text = F.normalize(model.backbone.encode_text(tokens).float(), dim=-1)  # [K, E]
     rows = torch.repeat_interleave(torch.arange(len(captions), device=device), counts)
     cols = torch.cat([torch.arange(int(n), device=device) for n in counts])
     padded = text.new_zeros(len(captions), width, text.shape[1])

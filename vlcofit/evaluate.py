@@ -14,8 +14,20 @@ from tqdm.auto import tqdm
 from .metrics.classification import accuracy_metrics, write_per_class_csv
 from .models.video import VideoCLIP
 from .prompts import ClassList
+from .strategy import evaluating, inside
 
 logger = logging.getLogger(__name__)
+
+
+def eval_batches(accelerator, loader, max_batches: int | None, desc: str):
+    """The loader's batches, at most ``max_batches``, under a progress bar (main process)."""
+    total = len(loader) if max_batches is None else min(len(loader), max_batches)
+    bar = tqdm(loader, total=total, desc=desc, unit="batch", leave=False,
+               disable=not accelerator.is_main_process)
+    for i, batch in enumerate(bar):
+        if max_batches is not None and i >= max_batches:
+            break
+        yield batch
 
 
 @torch.no_grad()
@@ -25,28 +37,20 @@ def extract_embeddings(accelerator, model: VideoCLIP, loader, max_batches: int |
 
     Returns ``emb`` [N, V, E] (float32), ``label`` [N], ``valid`` [N] (False: unreadable video).
     """
-    model = accelerator.unwrap_model(model)
-    was_training = model.training
-    model.eval()
     embs, labels, valid = [], [], []
-    total = len(loader) if max_batches is None else min(len(loader), max_batches)
-    bar = tqdm(loader, total=total, desc=desc, unit="batch", leave=False,
-               disable=not accelerator.is_main_process)
-    for i, batch in enumerate(bar):
-        if max_batches is not None and i >= max_batches:
-            break
-        video = batch["video"]
-        if video.ndim == 5:  # [B, T, 3, H, W] -> one view
-            video = video[:, None]
-        b, v = video.shape[:2]
-        with accelerator.autocast():
-            emb, _ = model.encode_video(video.flatten(0, 1))
-        emb = emb.float().reshape(b, v, -1)
-        emb, label, ok = accelerator.gather_for_metrics((emb, batch["label"], batch["valid"]))
-        embs.append(emb.cpu())
-        labels.append(label.cpu())
-        valid.append(ok.cpu())
-    model.train(was_training)
+    with evaluating(model):
+        for batch in eval_batches(accelerator, loader, max_batches, desc):
+            video = batch["video"]
+            if video.ndim == 5:  # [B, T, 3, H, W] -> one view
+                video = video[:, None]
+            b, v = video.shape[:2]
+            with accelerator.autocast():
+                emb = inside(model, lambda m: m.encode_video(video.flatten(0, 1))[0])
+            emb = emb.float().reshape(b, v, -1)
+            emb, label, ok = accelerator.gather_for_metrics((emb, batch["label"], batch["valid"]))
+            embs.append(emb.cpu())
+            labels.append(label.cpu())
+            valid.append(ok.cpu())
     if not embs:
         return {"emb": torch.empty(0, 1, 0), "label": torch.empty(0, dtype=torch.long),
                 "valid": torch.empty(0, dtype=torch.bool)}
@@ -93,7 +97,8 @@ def evaluate_classification(accelerator, model: VideoCLIP, loader, name: str, ro
     :class:`vlcofit.hierarchy.Hierarchy`): also ``<name>/coarse_*``, the fine predictions
     collapsed to coarse groups, on the same videos."""
     feats = extract_embeddings(accelerator, model, loader, max_batches, desc=f"eval {name}")
-    scores = view_scores(accelerator.unwrap_model(model), feats["emb"], rows=rows)
+    with evaluating(model):  # the template ensemble, also when the text tower trains
+        scores = inside(model, lambda m: view_scores(m, feats["emb"], rows=rows))
     out_dir = out_dir if accelerator.is_main_process else None
     out = classification_report(name, scores, feats["label"], feats["valid"], classes, out_dir)
     if coarse is not None:

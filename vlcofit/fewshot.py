@@ -47,6 +47,7 @@ from .hierarchy import granular_records
 from .prompts import ClassList
 from .stats import STD, mean_std
 from .tasks import task_of
+from .strategy import for_inference
 
 logger = logging.getLogger(__name__)
 
@@ -251,7 +252,7 @@ def probe_features(cfg: ExperimentConfig, name: str, out: Path, train_rows: list
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.train.seed)  # the same initial weights as the fine-tuning runs
             model = build_video_model(cfg, labels)
-    model = accelerator.prepare(model)
+    model = for_inference(accelerator, model)
     base = accelerator.unwrap_model(model)
     model_cfg = load_run_config(checkpoint.resolve(weights)).model if weights else cfg.model
     store, model_id = FeatureCache(out / "features"), model_fingerprint(base, model_cfg)

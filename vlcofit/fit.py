@@ -36,6 +36,7 @@ from .config import ExperimentConfig
 from .errors import InputError
 from .evaluate import view_scores
 from .metrics.classification import accuracy_metrics
+from .strategy import evaluating, inside
 from .tasks import task_of
 
 logger = logging.getLogger(__name__)
@@ -240,10 +241,10 @@ def measure_fit(cfg: ExperimentConfig, accelerator, model, labels, dataset_names
     with _rng_preserved(accelerator.device):
         for name in fit_datasets(cfg, dataset_names):
             feats = _train_features(cfg, accelerator, model, labels, name, cache, max_per_class)
+            zero = _zero_shot_scores(accelerator, model, feats["emb"], labels.rows(name))
             result = [None]
             if accelerator.is_main_process:
-                result[0] = _measures(accelerator.unwrap_model(model), feats, labels, name,
-                                      k, cfg.train.seed)
+                result[0] = _measures(feats, zero, labels, name, k, cfg.train.seed)
             if accelerator.num_processes > 1:
                 broadcast_object_list(result, from_process=0)
             out.update(result[0])
@@ -270,7 +271,9 @@ def _train_features(cfg, accelerator, model, labels, name, cache, max_per_class)
     return {"emb": feats["emb"][ok], "label": feats["label"][ok]}
 
 
-def _measures(base, feats, labels, name: str, k: int, seed: int) -> dict[str, float]:
+def _measures(feats, zero_shot, labels, name: str, k: int, seed: int) -> dict[str, float]:
+    """The measures of one dataset's features; ``zero_shot``: the text head's probabilities
+    (:func:`_zero_shot_scores`), None for a linear head."""
     num_classes = len(labels.classes[name])
     emb, y = feats["emb"], feats["label"]
     x = F.normalize(emb.mean(dim=1), dim=-1)
@@ -278,8 +281,8 @@ def _measures(base, feats, labels, name: str, k: int, seed: int) -> dict[str, fl
     if len(y) == 0:
         logger.warning("fit measures: %s: no readable training video", name)
         return {f"{name}/fit/{key}": v for key, v in out.items()}
-    if base.linear is None:
-        out["zero_shot_top1"] = _zero_shot(base, emb, y, labels.rows(name))
+    if zero_shot is not None:
+        out["zero_shot_top1"] = float(accuracy_metrics(zero_shot, y)[0]["top1"])
     else:
         logger.info("fit measures: %s: no zero-shot accuracy (the model has a linear head, "
                     "no text head)", name)
@@ -289,17 +292,14 @@ def _measures(base, feats, labels, name: str, k: int, seed: int) -> dict[str, fl
     return {f"{name}/fit/{key}": float(v) for key, v in out.items()}
 
 
-def _zero_shot(base, emb: torch.Tensor, y: torch.Tensor, rows: torch.Tensor) -> float:
-    """Top-1 (%) of the text head over the dataset's rows, in eval mode (template ensemble,
-    not a trained text tower's per-step template draw)."""
-    was_training = base.training
-    base.eval()
-    try:
-        scores = view_scores(base, emb, rows=rows.to(base.logit_scale.device))
-    finally:
-        base.train(was_training)
-    metrics, _ = accuracy_metrics(scores, y)
-    return float(metrics["top1"])
+def _zero_shot_scores(accelerator, model, emb: torch.Tensor, rows: torch.Tensor):
+    """Probabilities [N, C] of the text head over the dataset's rows, in eval mode (template
+    ensemble, not a trained text tower's per-step template draw); None for a linear head.
+    On every process, inside the model's forward (a collective under sharding)."""
+    if accelerator.unwrap_model(model).linear is not None:
+        return None
+    with evaluating(model):
+        return inside(model, lambda m: view_scores(m, emb, rows=rows.to(m.logit_scale.device)))
 
 
 class _rng_preserved:

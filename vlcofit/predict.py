@@ -55,6 +55,7 @@ from .models.video import VideoCLIP, build_model
 from .prompts import ClassList, read_class_list, read_templates
 from .runmodel import check_architecture, load_run_model
 from .tasks import task_of
+from .strategy import for_inference
 
 logger = logging.getLogger(__name__)
 
@@ -160,11 +161,10 @@ def predict_videos(predictor: Predictor, videos: Sequence[str | Path], labels: s
         raise InputError("predict: no videos given")
     model, card = predictor.model, predictor.card
     accelerator = Accelerator(mixed_precision="no")
-    model = accelerator.prepare(model)  # on the GPU where there is one
+    model = for_inference(accelerator, model)  # on the GPU where there is one
     classes, text = _text(predictor, labels, templates)
     backbone = predictor.model.backbone
-    transform = build_transform(False, backbone.image_size, backbone.mean, backbone.std,
-                                crops=card.test_crops)
+    transform = build_transform(False, backbone.image_size, crops=card.test_crops)
     records = [VideoRecord(Path(v), 0, f"argument {i + 1}") for i, v in enumerate(videos)]
     dataset = ClassificationDataset(records, card, transform, train=False)
     loader = accelerator.prepare(build_loader(dataset, batch_size, False, num_workers))
@@ -246,7 +246,7 @@ def predict_boxes(predictor: Predictor, boxes_csv: str | Path, labels: str | Non
                                         templates=box_templates)
     classes, text = _text(predictor, labels, templates)
     label_rows = None if text is not None else predictor.rows.to(device)
-    transform = BoxEvalTransform(model.backbone.image_size, model.backbone.mean, model.backbone.std)
+    transform = BoxEvalTransform(model.backbone.image_size)
     frames: dict[tuple[Path, float], list[BoxRow]] = {}
     for row in rows:
         frames.setdefault((row.video, row.time), []).append(row)

@@ -12,6 +12,7 @@ from .experiment import build_dataset, build_labels, build_loader
 from .runmodel import model_for_eval
 from .tasks import task_of
 from .train import make_accelerator
+from .strategy import for_inference
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ def evaluate_checkpoint(cfg: ExperimentConfig, ckpt: str, out_dir: Path | None =
     ``cfg``'s label space."""
     accelerator = make_accelerator(cfg, None)
     labels = build_labels(cfg)
-    model = accelerator.prepare(model_for_eval(cfg, labels, ckpt, explicit, run_config))
+    model = for_inference(accelerator, model_for_eval(cfg, labels, ckpt, explicit, run_config))
     metrics = {}
     for name in cfg.eval_datasets:
         ds = build_dataset(cfg.datasets[name], cfg.eval.split, labels.classes[name],

@@ -100,6 +100,9 @@ class ModelConfig:
     # captions, with a learned logit bias) | auto: sigmoid for a model trained with it (a bias)
     loss: str = "auto"
     grad_checkpointing: bool = False  # activation checkpointing in the towers' blocks
+    # torch.compile each image-tower block in place (regional: one compiled block reused
+    # L times, state-dict names unchanged; the per-frame tower is most of a step's FLOPs)
+    compile: bool = False
     cache_dir: str | None = None  # where hub downloads go
     # A vlcofit checkpoint or run folder to start from (e.g. few-shot from a co-finetuned model):
     # every tensor whose name and shape match is loaded; label-space-sized ones are skipped.

@@ -8,13 +8,45 @@ silently need more memory than planned, so it is refused here, naming what happe
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
 from .errors import InputError
 from .schema import TrainConfig
+
+
+@torch.no_grad()
+def inside(model, fn):
+    """``fn(video_model)`` run inside the forward of the prepared ``model`` (plain, DDP, FSDP or
+    DeepSpeed), without gradients: FSDP gathers sharded parameters around a forward, so code
+    there may use any submodule or parameter (the class matrix, the box head, the scales).
+    Called from outside, FSDP 2's root parameters could still be shards. Under sharding every
+    process must make the same calls: each is a collective."""
+    return model(call=fn)
+
+
+def for_inference(accelerator, model):
+    """The model of an inference-only command (eval, zero-shot, few-shot features, fit, advise,
+    predict): whole on this process's device, not wrapped. Without gradients there is nothing
+    to synchronise, and sharding saves what training holds (gradients, optimizer state), not
+    weights that fit a device; under any launch the command still splits the videos over the
+    processes (its loaders are prepared)."""
+    return model.to(accelerator.device)
+
+
+@contextlib.contextmanager
+def evaluating(model):
+    """The prepared ``model`` in eval mode inside the block, its own mode restored after."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
 
 
 def _asked(name: str) -> bool:

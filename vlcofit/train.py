@@ -26,7 +26,7 @@ from .optim import (apply_freeze, apply_l2sp, attach_l2sp, build_optimizer, buil
 from .resume import check_resume_config, record_start, start_weights
 from .runmodel import run_dir_of
 from .runinfo import MetricsLog, finish_run_json, plot_learning_curves, write_run_json
-from .strategy import accelerator_error, check_strategy
+from .strategy import accelerator_error, check_strategy, inside
 from .trackers import build_trackers, hyperparameters
 from .tasks import headline_metrics, task_of
 
@@ -191,7 +191,8 @@ def train(cfg: ExperimentConfig, resume: str | None = None) -> dict[str, float]:
     find_unused = freeze_unused(model, [task_of(cfg.datasets[n]) for n in t.datasets])
     accelerator = make_accelerator(cfg, run_dir, find_unused)
     data = _build_data(cfg, labels, model.backbone)
-    optimizer = build_optimizer(model, model.new_parameter_names(), t)
+    optimizer = build_optimizer(model, model.new_parameter_names(), t,
+                                fused=accelerator.device.type == "cuda")
     groups = group_table(model, optimizer)
     logger.info("parameter groups:\n%s", format_table(groups))
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -321,7 +322,8 @@ def _log_row(accelerator, model, optimizer, names, window: torch.Tensor, step: i
         row.update({f"train/{name}/loss": float(losses[i] / counts[i])
                     for i, name in enumerate(names) if counts[i] > 0})
     row.update({f"train/lr/{g['name']}": g["lr"] for g in optimizer.param_groups})
-    row.update({"train/logit_scale": accelerator.unwrap_model(model).logit_scale.exp().item(),
+    scale = inside(model, lambda m: m.logit_scale.exp().item())  # a shard, under FSDP
+    row.update({"train/logit_scale": scale,
                 "train/clips_per_s": float(total[-1]) / n / max(elapsed, 1e-9),
                 "train/bad_videos": bad})
     if accelerator.device.type == "cuda":  # this process's peak since the run started

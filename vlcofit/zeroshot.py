@@ -45,6 +45,7 @@ from .stats import STD, mean_std
 from .runmodel import (check_architecture, load_run_model, relabel, require_text_head,
                        run_dir_of)
 from .train import make_accelerator
+from .strategy import for_inference
 
 logger = logging.getLogger(__name__)
 
@@ -286,7 +287,7 @@ def run_zero_shot(model_cfg: ModelConfig | None, data: str, prompts: str, templa
     model, model_cfg = load_scoring_model(model_cfg, classes, tmpl, weights)
     cfg = ExperimentConfig(model=model_cfg, datasets={card.name: card}, output_dir="")
     accelerator = make_accelerator(cfg, None)
-    model = accelerator.prepare(model)
+    model = for_inference(accelerator, model)
     base = accelerator.unwrap_model(model)
     ds = build_dataset(card, split, classes, base.backbone, train=False, seed=0)
     store = _cache_for(cache, weights)

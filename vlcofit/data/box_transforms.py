@@ -1,8 +1,8 @@
 """Box-aware clip transforms (torchvision.transforms.v2): frames and person boxes move together.
 
 Input: uint8 frames ``[T, 3, H, W]`` and boxes ``[M, 4]`` (x1, y1, x2, y2 normalised to the
-original frame). Output: ``(video, boxes, keep)`` with video float ``[T, 3, S, S]`` normalised
-with the model's mean/std, boxes ``[M', 4]`` normalised to the OUTPUT frame, and ``keep`` long
+original frame). Output: ``(video, boxes, keep)`` with video uint8 ``[T, 3, S, S]`` (the model
+normalises it on its device: :mod:`vlcofit.data.transforms`), boxes ``[M', 4]`` normalised to the OUTPUT frame, and ``keep`` long
 ``[M']`` the indices of the input boxes that survived (so their labels can follow).
 
 Training: a random resized crop (area fraction in ``[min_scale, 1]``, aspect ratio in
@@ -23,18 +23,12 @@ Randomness comes from torch's global RNG (datasets seed it per sample).
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 BoxOutput = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-
-
-def _normalizer(mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
 
 
 def _check(frames: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -53,8 +47,7 @@ class BoxTrainTransform:
     relative to the frame's; ``min_box_size``: boxes narrower or shorter than this many output
     pixels after the crop are dropped."""
 
-    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float],
-                 flip: bool = True, scale: tuple[float, float] = (0.4, 1.0),
+    def __init__(self, image_size: int, flip: bool = True, scale: tuple[float, float] = (0.4, 1.0),
                  ratio: tuple[float, float] = (3 / 4, 4 / 3), min_box_size: float = 2.0) -> None:
         self.image_size, self.scale, self.ratio = image_size, scale, ratio
         self.train = True
@@ -63,7 +56,6 @@ class BoxTrainTransform:
         self._crops: dict[tuple[int, int], v2.Compose] = {}  # per frame size (aspect ratio)
         self._resize = v2.Compose([v2.Resize((image_size, image_size), antialias=True),
                                    *self._flips])
-        self._normalize = _normalizer(mean, std)
 
     def _crop(self, height: int, width: int) -> v2.Compose:
         if (height, width) not in self._crops:
@@ -76,7 +68,7 @@ class BoxTrainTransform:
 
     def __call__(self, frames: torch.Tensor, boxes: torch.Tensor) -> BoxOutput:
         """uint8 ``[T, 3, H, W]``, boxes ``[M, 4]`` (original frame, normalised) ->
-        (float ``[T, 3, S, S]``, boxes ``[M', 4]`` (output frame, normalised), keep ``[M']``)."""
+        (uint8 ``[T, 3, S, S]``, boxes ``[M', 4]`` (output frame, normalised), keep ``[M']``)."""
         boxes = _check(frames, boxes)
         height, width = frames.shape[-2:]
         scale = torch.tensor([width, height, width, height], dtype=torch.float32)
@@ -88,7 +80,7 @@ class BoxTrainTransform:
         if len(boxes) and not len(out["keep"]):  # every box cropped away: keep the whole frame
             out = self._resize(sample)
         size = self.image_size
-        video = self._normalize(out["video"]).as_subclass(torch.Tensor)
+        video = out["video"].as_subclass(torch.Tensor)
         kept = out["boxes"].as_subclass(torch.Tensor) / size
         return video, kept.clamp_(0.0, 1.0) + 0.0, out["keep"]  # + 0.0: no -0.0 from flips
 
@@ -105,33 +97,31 @@ def _keep_of(sample: dict) -> torch.Tensor:
 class BoxEvalTransform:
     """Evaluation: squash the full frame to ``S x S``; boxes keep their normalised coordinates."""
 
-    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(self, image_size: int) -> None:
         self.image_size = image_size
         self.train = False
-        self._normalize = _normalizer(mean, std)
 
     def __call__(self, frames: torch.Tensor, boxes: torch.Tensor) -> BoxOutput:
-        """uint8 ``[T, 3, H, W]``, boxes ``[M, 4]`` -> (float ``[T, 3, S, S]``, the same boxes
+        """uint8 ``[T, 3, H, W]``, boxes ``[M, 4]`` -> (uint8 ``[T, 3, S, S]``, the same boxes
         ``[M, 4]``, keep = ``arange(M)``)."""
         boxes = _check(frames, boxes)
         size = self.image_size
         video = F.resize(tv_tensors.Video(frames), [size, size], antialias=True)
-        video = self._normalize(video).as_subclass(torch.Tensor)
+        video = video.as_subclass(torch.Tensor)
         return video, boxes.clone(), torch.arange(len(boxes))
 
     def __repr__(self) -> str:
         return f"BoxEvalTransform(image_size={self.image_size})"
 
 
-def build_box_transform(train: bool, image_size: int, mean: Sequence[float],
-                        std: Sequence[float], flip: bool = True,
+def build_box_transform(train: bool, image_size: int, flip: bool = True,
                         scale: tuple[float, float] = (0.4, 1.0)
                         ) -> BoxTrainTransform | BoxEvalTransform:
-    """The training or evaluation box transform; ``mean``/``std`` are the model's (CLIP's).
+    """The training or evaluation box transform (uint8 out: the model normalises).
 
     Training only: ``flip`` (card ``hflip``; off where classes say left/right) and ``scale``
     (the crop's area range, card ``[min_crop_scale, 1]``).
     """
     if train:
-        return BoxTrainTransform(image_size, mean, std, flip=flip, scale=scale)
-    return BoxEvalTransform(image_size, mean, std)
+        return BoxTrainTransform(image_size, flip=flip, scale=scale)
+    return BoxEvalTransform(image_size)

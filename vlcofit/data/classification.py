@@ -402,7 +402,8 @@ class ClassificationDataset(Dataset):
             video, valid, bad = self._eval_views(record), True, []
         except VideoError as err:
             logger.debug("unreadable evaluation video: %s", err)
-            video, valid, bad = torch.zeros(self._eval_shape()), False, [str(record.path)]
+            video = torch.zeros(self._eval_shape(), dtype=torch.uint8)
+            valid, bad = False, [str(record.path)]
         return {"video": video, "label": record.label, "index": i, "valid": valid, "bad": bad}
 
     def _eval_views(self, record: VideoRecord) -> torch.Tensor:

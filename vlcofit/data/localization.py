@@ -210,7 +210,7 @@ class LocalizationDataset(Dataset):
     """
 
     def __init__(self, card: DatasetCard, split: str, classes: ClassList, image_size: int,
-                 mean: Sequence[float], std: Sequence[float], train: bool, seed: int = 0,
+                 train: bool, seed: int = 0,
                  backend: str | None = None, max_tries: int | None = None) -> None:
         if card.task != "localization" or card.format != "ava":
             raise InputError(f"dataset {card.name}: LocalizationDataset needs task: localization "
@@ -229,7 +229,7 @@ class LocalizationDataset(Dataset):
         if not train or spec.train_proposal_iou is not None:
             self.proposals = read_split_proposals(card, split, {v for v, _ in self.gt})
             self._report_proposals()
-        self.transform = build_box_transform(train, image_size, mean, std, flip=card.hflip,
+        self.transform = build_box_transform(train, image_size, flip=card.hflip,
                                              scale=(card.min_crop_scale, 1.0))
         self._frames = _FrameFolders(card) if spec.media == "frames" else None
 
@@ -348,7 +348,8 @@ class LocalizationDataset(Dataset):
         except VideoError as err:
             logger.debug("unreadable evaluation clip: %s", err)
             size, out = self.transform.image_size, torch.from_numpy(boxes)
-            video, valid, bad = torch.zeros(self.card.num_frames, 3, size, size), False, [err.path]
+            video = torch.zeros(self.card.num_frames, 3, size, size, dtype=torch.uint8)
+            valid, bad = False, [err.path]
         return self._item(video, out, boxes, labels, scores, i, valid, bad)
 
     def _item(self, video, boxes, orig, labels, scores, index, valid, bad) -> dict[str, Any]:

@@ -1,16 +1,16 @@
-"""Clip transforms (torchvision.transforms.v2): uint8 frames in, normalised float clips out.
+"""Clip transforms (torchvision.transforms.v2): uint8 frames in, uint8 ``S x S`` clips out.
 
 Training: a random resized crop and (optionally) a horizontal flip, the same for every frame of a
-clip (the clip is a ``tv_tensors.Video``, so v2 draws one set of parameters per call), then
-scale to [0, 1] and normalise with the model's mean/std. Evaluation: resize the short side to
-``image_size``, then a centre crop or three crops along the long side (left/centre/right).
+clip (the clip is a ``tv_tensors.Video``, so v2 draws one set of parameters per call).
+Evaluation: resize the short side to ``image_size``, then a centre crop or three crops along
+the long side (left/centre/right). Clips stay uint8 until the model's device, where the
+backbone scales and normalises them (``Backbone.pixels``): a quarter of float32's bytes through
+the workers, pinned memory and the host-to-device copy.
 
 Flipping swaps left and right: turn it off (``flip=False``) for datasets whose classes say which
 way something moves (Something-Something's "from left to right", the demo's "moving left").
 """
 from __future__ import annotations
-
-from typing import Sequence
 
 import torch
 from torchvision import tv_tensors
@@ -19,17 +19,15 @@ from torchvision.transforms.v2 import functional as F
 
 
 class TrainTransform:
-    """uint8 ``[T, 3, H, W]`` -> float ``[T, 3, S, S]``; random, from torch's global RNG."""
+    """uint8 ``[T, 3, H, W]`` -> uint8 ``[T, 3, S, S]``; random, from torch's global RNG."""
 
-    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float],
-                 flip: bool = True, scale: tuple[float, float] = (0.4, 1.0),
+    def __init__(self, image_size: int, flip: bool = True, scale: tuple[float, float] = (0.4, 1.0),
                  ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> None:
         self.image_size = image_size
         self.train = True
         steps = [v2.RandomResizedCrop(image_size, scale=scale, ratio=ratio, antialias=True)]
         if flip:
             steps.append(v2.RandomHorizontalFlip())
-        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
         self._transform = v2.Compose(steps)
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
@@ -41,17 +39,14 @@ class TrainTransform:
 
 
 class EvalTransform:
-    """uint8 ``[T, 3, H, W]`` -> float ``[crops, T, 3, S, S]``: short side resize, 1 or 3 crops."""
+    """uint8 ``[T, 3, H, W]`` -> uint8 ``[crops, T, 3, S, S]``: short side resize, 1 or 3 crops."""
 
-    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float],
-                 crops: int = 1) -> None:
+    def __init__(self, image_size: int, crops: int = 1) -> None:
         if crops not in (1, 3):
             raise ValueError(f"crops must be 1 or 3, got {crops}")
         self.image_size = image_size
         self.crops = crops
         self.train = False
-        self._normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True),
-                                      v2.Normalize(list(mean), list(std))])
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         size = self.image_size
@@ -65,22 +60,20 @@ class EvalTransform:
             centre = ((min(height, width) - size) // 2)
             boxes = [(centre, s) if width >= height else (s, centre) for s in starts]
             views = [F.crop(frames, top, left, size, size) for top, left in boxes]
-        out = self._normalize(tv_tensors.Video(torch.stack(views)))
-        return out.as_subclass(torch.Tensor)
+        return torch.stack(views).as_subclass(torch.Tensor)
 
     def __repr__(self) -> str:
         return f"EvalTransform(image_size={self.image_size}, crops={self.crops})"
 
 
-def build_transform(train: bool, image_size: int, mean: Sequence[float], std: Sequence[float],
-                    crops: int = 1, flip: bool = True,
+def build_transform(train: bool, image_size: int, crops: int = 1, flip: bool = True,
                     scale: tuple[float, float] = (0.4, 1.0)) -> TrainTransform | EvalTransform:
-    """The training or evaluation transform; ``mean``/``std`` are the model's (CLIP's).
+    """The training or evaluation transform (uint8 out: the model normalises).
 
     Training returns ``[T, 3, S, S]``; evaluation ``[crops, T, 3, S, S]``. Training only:
     ``flip`` must be False for datasets with left/right classes (card ``hflip``); ``scale`` is
     the random crop's area range as a fraction of the frame (card ``min_crop_scale``).
     """
     if train:
-        return TrainTransform(image_size, mean, std, flip=flip, scale=scale)
-    return EvalTransform(image_size, mean, std, crops=crops)
+        return TrainTransform(image_size, flip=flip, scale=scale)
+    return EvalTransform(image_size, crops=crops)

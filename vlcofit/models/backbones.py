@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from torchvision.transforms.v2 import functional as TF
 
 from .. import resources
 from ..config import ModelConfig
@@ -108,13 +109,15 @@ class Backbone(nn.Module):
         depths = {("image", d) for d in range(self.num_layers("image") - n + 1,
                                               self.num_layers("image") + 1)}  # block i: i + 1
         names = [k for k, _ in self.named_parameters() if self.depth_of(k) in depths]
-        blocks = self._image_blocks()
+        blocks = self.image_blocks()
         with torch.no_grad():
             for block in blocks[len(blocks) - n:]:
                 self._init_block(block)
         return names
 
-    def _image_blocks(self) -> list[nn.Module]:
+    def image_blocks(self) -> list[nn.Module]:
+        """The image tower's transformer (or CNN stage) blocks, in order (``reinit_last``,
+        ``model.compile``, FSDP wrapping)."""
         raise NotImplementedError
 
     def _init_block(self, block: nn.Module) -> None:
@@ -127,6 +130,14 @@ class Backbone(nn.Module):
     def encode_frames(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """[N, 3, H, W] -> (pooled embedding [N, E], patch tokens [N, h*w, width] or None)."""
         raise NotImplementedError
+
+    def pixels(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames (the data pipeline's) -> float32 scaled to [0, 1] and normalised with
+        ``mean``/``std``, on their device (the GPU: a quarter of the bytes cross from the host).
+        Float frames are taken as already normalised."""
+        if frames.dtype != torch.uint8:
+            return frames
+        return TF.normalize(TF.to_dtype(frames, torch.float32, scale=True), self.mean, self.std)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Activation checkpointing in the towers' blocks (``model.grad_checkpointing``)."""
@@ -266,7 +277,7 @@ class OpenCLIPBackbone(Backbone):
                              "transformer: OpenCLIPBackbone.towers declares no depths for it")
         return len(text.transformer.resblocks)
 
-    def _image_blocks(self) -> list[nn.Module]:
+    def image_blocks(self) -> list[nn.Module]:
         return self.image.blocks()
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:

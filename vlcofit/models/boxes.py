@@ -79,9 +79,10 @@ class BoxHead(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.dropout = nn.Dropout(dropout)
         self.proj = nn.Linear(width, embed_dim)
-        self.context_weight = nn.Parameter(torch.tensor(1.0)) if context else None
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(scale)))
-        self.logit_bias = nn.Parameter(torch.tensor(math.log(prior / (1.0 - prior))))
+        # one-element vectors: FSDP 2 cannot shard a 0-d parameter
+        self.context_weight = nn.Parameter(torch.tensor([1.0])) if context else None
+        self.logit_scale = nn.Parameter(torch.tensor([math.log(scale)]))
+        self.logit_bias = nn.Parameter(torch.tensor([math.log(prior / (1.0 - prior))]))
 
     def roi_features(self, token_map: torch.Tensor, boxes: torch.Tensor,
                      box_batch: torch.Tensor) -> torch.Tensor:

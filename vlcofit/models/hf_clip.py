@@ -86,7 +86,7 @@ class HFCLIPBackbone(Backbone):
         model = self.clip.vision_model if tower == "image" else self.clip.text_model
         return len(model.encoder.layers)
 
-    def _image_blocks(self) -> list[nn.Module]:
+    def image_blocks(self) -> list[nn.Module]:
         return list(self.clip.vision_model.encoder.layers)
 
     def _init_block(self, block: nn.Module) -> None:

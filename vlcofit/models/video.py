@@ -45,11 +45,12 @@ class VideoCLIP(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.temporal = build_temporal(cfg.temporal, backbone.embed_dim, cfg.temporal_layers)
-        self.logit_scale = nn.Parameter(torch.tensor(float(backbone.logit_scale_init)))
+        # One-element vectors, not scalars: FSDP 2 cannot shard a 0-d parameter.
+        self.logit_scale = nn.Parameter(torch.tensor([float(backbone.logit_scale_init)]))
         bias = backbone.logit_bias_init
         self.sigmoid = cfg.loss == "sigmoid" or (cfg.loss == "auto" and bias is not None)
         self.logit_bias = None if bias is None and not self.sigmoid else nn.Parameter(
-            torch.tensor(SIGLIP_BIAS_INIT if bias is None else float(bias)))
+            torch.tensor([SIGLIP_BIAS_INIT if bias is None else float(bias)]))
         self.train_text = cfg.train_text
         self.class_names = list(class_names)
         self.class_templates = [tuple(t) for t in class_templates]
@@ -61,6 +62,7 @@ class VideoCLIP(nn.Module):
         self._text_cache: torch.Tensor | None = None
         self._tokens: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._draws: torch.Generator | None = None  # see seed_text_draws
+        self.register_load_state_dict_pre_hook(_scalars_as_vectors)
         self.register_load_state_dict_post_hook(_clamp_after_load)
         # Where each parameter's starting value came from, recorded where weights are loaded:
         # the backbone is the base model (``train.lr``) even when randomly initialised (tests,
@@ -121,9 +123,10 @@ class VideoCLIP(nn.Module):
 
     def encode_video(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, T, 3, H, W] -> (video embedding [B, E], patch-token map [B, D, T, h, w]; None
-        where the image tower has none)."""
+        where the image tower has none). uint8 frames are normalised here (``Backbone.pixels``);
+        float frames are taken as normalised."""
         b, t = video.shape[:2]
-        pooled, tokens = self.backbone.encode_frames(video.flatten(0, 1))
+        pooled, tokens = self.backbone.encode_frames(self.backbone.pixels(video.flatten(0, 1)))
         emb = self.temporal(pooled.reshape(b, t, -1))
         if tokens is None:
             return emb, None
@@ -251,13 +254,18 @@ class VideoCLIP(nn.Module):
             text = self.class_matrix(rows)
         return self.box_head.logits(self.box_head(token_map, boxes, box_batch, context), text)
 
-    def forward(self, video: torch.Tensor, rows: torch.Tensor | None = None,
-                head: Callable[[VideoCLIP, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-                ) -> torch.Tensor:
+    def forward(self, video: torch.Tensor | None = None, rows: torch.Tensor | None = None,
+                head: Callable[[VideoCLIP, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                call: Callable[[VideoCLIP], object] | None = None):
         """[B, T, 3, H, W] -> ``head(self, video embedding [B, E], token map [B, D, T, h, w])``,
         by default the clip logits [B, C] over label-space ``rows``. Each task passes its own
         head (:mod:`vlcofit.tasks`), so the model knows no task, and training still goes
-        through ``forward`` (as DDP needs, to synchronise gradients)."""
+        through ``forward`` (as DDP needs, to synchronise gradients).
+
+        ``call`` instead of a video: return ``call(self)``, evaluation code run where a sharding
+        wrapper has gathered the parameters (:func:`vlcofit.strategy.inside`)."""
+        if call is not None:
+            return call(self)
         emb, token_map = self.encode_video(video)
         if head is None:
             return self.classify(emb, rows)
@@ -280,12 +288,34 @@ def build_model(cfg: ModelConfig, class_names: Sequence[str],
     model = VideoCLIP(build_backbone(cfg), cfg, class_names, class_templates)
     if cfg.grad_checkpointing:
         model.backbone.set_grad_checkpointing(True)
+    if cfg.compile:
+        compile_image_blocks(model)
     if with_boxes:
         from .boxes import BoxHead
         model.box_head = BoxHead(model.backbone.width, model.backbone.embed_dim,
                                  temporal=cfg.box_temporal)
     model.clamp_logit_scales()  # e.g. OpenAI's stored 4.6052 > ln 100
     return model
+
+
+def stored_shape(shape) -> tuple[int, ...]:
+    """A tensor shape as compared between a file and the model: checkpoints written before
+    the scales became one-element vectors hold them as scalars."""
+    return tuple(shape) or (1,)
+
+
+def _scalars_as_vectors(module: VideoCLIP, state_dict, prefix, *args) -> None:
+    """load_state_dict pre hook: a saved scalar loads into its one-element parameter."""
+    own = {prefix + k: v for k, v in module.state_dict().items() if v.shape == (1,)}
+    for key in [k for k, v in state_dict.items() if k in own and v.ndim == 0]:
+        state_dict[key] = state_dict[key].reshape(1)
+
+
+def compile_image_blocks(model: VideoCLIP) -> None:
+    """``model.compile``: torch.compile each image-tower block in place. A deep copy of a
+    compiled module would still run the original's blocks: compile copies, not originals."""
+    for block in model.backbone.image_blocks():
+        block.compile()
 
 
 def _clamp_after_load(module: VideoCLIP, incompatible_keys) -> None:

@@ -53,7 +53,7 @@ class ClassificationTask:
 
 def clip_transform(card: DatasetCard, backbone: Backbone, train: bool):
     """The frame transform of a clip dataset (classification, captions): the card's crops and
-    flips at the backbone's resolution and normalisation."""
-    return build_transform(train, backbone.image_size, backbone.mean, backbone.std,
+    flips at the backbone's resolution (uint8 out: the model normalises)."""
+    return build_transform(train, backbone.image_size,
                            crops=1 if train else card.test_crops, flip=card.hflip,
                            scale=(card.min_crop_scale, 1.0))

@@ -37,8 +37,8 @@ class LocalizationTask:
     def dataset(self, card: DatasetCard, split: str, classes: ClassList, backbone: Backbone,
                 train: bool, seed: int):
         from ..data.localization import LocalizationDataset
-        return LocalizationDataset(card, split, classes, backbone.image_size, backbone.mean,
-                                   backbone.std, train=train, seed=seed)
+        return LocalizationDataset(card, split, classes, backbone.image_size, train=train,
+                                   seed=seed)
 
     def loss(self, model, batch: dict, rows: torch.Tensor, t: TrainConfig) -> torch.Tensor:
         from ..losses import multilabel_loss
