@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from vlcofit.config import DatasetCard, load_card
-from vlcofit.data.classification import (FORMATS, ClassificationDataset, VideoRecord, collate,
-                                         read_records)
+from vlcofit.data.annotations import FORMATS, VideoRecord, read_records
+from vlcofit.data.classification import ClassificationDataset, collate
 from vlcofit.data.synthetic import write_video
 from vlcofit.data.transforms import build_transform
 from vlcofit.errors import InputError

@@ -11,7 +11,7 @@ import torch
 import vlcofit.train as train_mod
 from vlcofit.cli import main
 from vlcofit.config import DatasetCard, load_experiment
-from vlcofit.data.classification import read_records
+from vlcofit.data.annotations import read_records
 from vlcofit.data.synthetic import DEMO_CLASSES, make_demo_dataset
 from vlcofit.errors import InputError
 from vlcofit.fewshot import (PROBE_WEIGHT_DECAYS, choose_weight_decay, few_shot, fit_linear_probe,
@@ -55,7 +55,7 @@ def test_split_files_identical_across_two_processes(tmp_path, launch_two):
         import os
         from pathlib import Path
         from vlcofit.config import DatasetCard
-        from vlcofit.data.classification import read_records
+        from vlcofit.data.annotations import read_records
         from vlcofit.distributed import end_processes, process_state
         from vlcofit.fewshot import prepare_split
         from vlcofit.prompts import read_class_list

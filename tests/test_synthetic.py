@@ -9,7 +9,7 @@ import pytest
 
 from vlcofit.config import load_card, load_experiment
 from vlcofit.data.captions import read_caption_records
-from vlcofit.data.classification import read_records
+from vlcofit.data.annotations import read_records
 from vlcofit.data.synthetic import (DEMO_CLASSES, _motion, draw_clip, make_demo_dataset,
                                     render_clip, write_video)
 from vlcofit.data.synthetic_target import TARGET_CLASSES, make_demo_target

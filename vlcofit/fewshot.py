@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ExperimentConfig, load_experiment, to_dict
-from .data.classification import VideoRecord
+from .data.annotations import VideoRecord
 from .distributed import process_state
 from .errors import InputError, at
 from .experiment import build_labels, read_card_classes

@@ -102,7 +102,7 @@ def granular_records(card, split: str, classes: ClassList) -> list:
     """The split's records labelled at the card's granularity (``classes``: its classes, from
     :func:`vlcofit.experiment.read_card_classes`); the annotation names fine classes either
     way."""
-    from .data.classification import read_records
+    from .data.annotations import read_records
     if card.granularity == "fine":
         return read_records(card, split, classes)
     h = read_hierarchy(card)

@@ -45,7 +45,8 @@ from typing import Sequence
 import torch
 
 from .config import DatasetCard, ModelConfig
-from .data.classification import ClassificationDataset, VideoRecord
+from .data.annotations import VideoRecord
+from .data.classification import ClassificationDataset
 from .data.transforms import build_transform
 from .data.video import VideoError, open_video
 from .errors import InputError, at

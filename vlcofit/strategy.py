@@ -24,8 +24,11 @@ def inside(model, fn):
     """``fn(video_model)`` run inside the forward of the prepared ``model`` (plain, DDP, FSDP or
     DeepSpeed), without gradients: FSDP gathers sharded parameters around a forward, so code
     there may use any submodule or parameter (the class matrix, the box head, the scales).
-    Called from outside, FSDP 2's root parameters could still be shards. Under sharding every
-    process must make the same calls: each is a collective."""
+    Called from outside, FSDP 2's root parameters could still be shards (rank 1's share of a
+    one-element scale is empty). Separately wrapped blocks gather their own parameters when
+    called, so ``fn`` reads a block's parameters only by calling it (or via
+    ``DTensor.full_tensor``, as :func:`vlcofit.cache.model_fingerprint` does). Under sharding
+    every process must make the same calls: each is a collective."""
     return model(call=fn)
 
 

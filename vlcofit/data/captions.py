@@ -32,7 +32,8 @@ import torch
 
 from ..config import DatasetCard
 from ..errors import InputError, at
-from .classification import ClassificationDataset, _annotation, _lines, header_rows
+from .annotations import _annotation, _lines, header_rows
+from .classification import ClassificationDataset
 from .classification import collate as collate_clips
 
 logger = logging.getLogger(__name__)
