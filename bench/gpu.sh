@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU checks of one machine in one go (about 6-8 min on one H100/H200), for a session that is
-# lent a GPU for ~15 minutes: room for one rerun. Writes every table under OUT (default
-# bench_gpu/), and a summary of what ran to OUT/summary.txt.
+# The GPU checks of one machine in one go (about 8-10 min on one H100/H200), for a session that
+# is lent a GPU for ~15 minutes. Steps run in order of priority and each writes its table under
+# OUT (default bench_gpu/) as it finishes, so a run stopped by its time limit keeps what it did;
+# OUT/summary.txt lists what ran. TESTS=0 skips the last step (the test files, ~1-2 min).
 #
 #   bash bench/gpu.sh [OUT]          # on the GPU machine, from the repository root
 #   TINY=1 bash bench/gpu.sh [OUT]   # the same steps with tiny models (checks the script on a CPU)
@@ -11,16 +12,21 @@
 # the same with model.compile; activation memory and peak memory with and without
 # model.grad_checkpointing (ViT-B/16 and ViT-L/14, 8 and 16 frames); FSDP on the one GPU through
 # configs/accelerate/fsdp.yaml: train, kill, resume, then single-process eval and predict of
-# its checkpoint; the GPU-marked test files.
+# its checkpoint; the whole pipeline from generated 224 px mp4s (PyAV, and torchcodec where
+# installed; 14 workers) against the synthetic step rate; the GPU-relevant test files.
 set -uo pipefail
 out=${1:-bench_gpu}
 mkdir -p "$out"
 export HF_HUB_OFFLINE=1
 if [[ "${TINY:-0}" == 1 ]]; then
   big=tiny; large=tiny_hf.json; large_backbone=hf; batch=4; steps=3; mp=no; frames=4,8
+  video_size=64; clips=32; workers=2
 else
   big=ViT-B-16; large=ViT-L-14; large_backbone=open_clip; batch=32; steps=30; mp=bf16; frames=8,16
+  video_size=224; clips=256; workers=14
 fi
+decoders=pyav
+python -c "import torchcodec" 2>/dev/null && decoders=pyav,torchcodec
 status=()
 run() {  # run NAME CMD...: tee the output to OUT/NAME.txt, record the exit status
   local name=$1; shift
@@ -71,7 +77,12 @@ run fsdp_eval python -m vlcofit eval --checkpoint "$out/fsdp_run" --out "$out/fs
 run fsdp_predict python -m vlcofit predict --checkpoint "$out/fsdp_run" \
   "$data/val/000000.mp4" --labels demo
 
-run tests python -m pytest -q -x tests/test_train.py tests/test_strategies.py tests/test_image_towers.py \
+# the whole pipeline from mp4s vs the synthetic-tensor step (target >= 0.9); ~1 min generating
+run pipeline python bench/pipeline.py --model "$big" --batch "$batch" --size "$video_size" \
+  --clips "$clips" --decoders "$decoders" --workers "$workers" --steps "$steps" \
+  --mixed-precision "$mp" --repeats 1 --data "${TMPDIR:-/tmp}/vlcofit_gpu_pipeline"
+
+[[ "${TESTS:-1}" == 1 ]] && run tests python -m pytest -q -x tests/test_train.py tests/test_strategies.py tests/test_image_towers.py \
   tests/test_fsdp.py
 
 printf '%s\n' "${status[@]}" | tee "$out/summary.txt"

@@ -87,6 +87,7 @@ def main() -> None:
     p.add_argument("--text-classes", type=int, default=100,
                    help="label-space size of the text-tower arms (0: skip them)")
     p.add_argument("--text-steps", type=int, default=6, help="timed steps per text-tower arm")
+    p.add_argument("--no-l2sp", action="store_true", help="skip the L2-SP arms")
     args = p.parse_args()
     if args.cpu:
         os.environ["ACCELERATE_USE_CPU"] = "1"
@@ -188,7 +189,8 @@ def main() -> None:
               f"{sec / b:7.3f}")
     if peak_mem is not None:
         print(f"peak GPU memory, vlcofit loop alone: {peak_mem:.2f} GiB")
-    l2sp_arms(args, base_model, tcfg, accelerator, video, label)
+    if not args.no_l2sp:
+        l2sp_arms(args, base_model, tcfg, accelerator, video, label)
     if args.text_classes:
         text_tower_arms(args, mcfg, tcfg, accelerator, video, label)
 

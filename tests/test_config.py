@@ -24,6 +24,18 @@ def test_wrong_type_names_field(tmp_path):
         from_dict(ExperimentConfig, {"train": {"lr": [1]}}, "x")
 
 
+def test_no_is_a_string_in_set_and_a_named_mistake_in_a_file(tmp_path):
+    """Accelerate's mixed_precision "no": YAML 1.1 reads an unquoted no as False."""
+    cfg = load_experiment("demo", ["train.mixed_precision=no", "train.fit_measures=true"])
+    assert cfg.train.mixed_precision == "no" and cfg.train.fit_measures is True
+    with pytest.raises(InputError, match=r"train.fit_measures: expected bool, got 'yes'"):
+        load_experiment("demo", ["train.fit_measures=yes"])
+    path = _write(tmp_path / "exp.yaml", "train:\n  mixed_precision: no\n")
+    with pytest.raises(InputError, match=r"exp.yaml.train.mixed_precision: expected .*got False: "
+                                         r"YAML reads an unquoted no .* quote it"):
+        load_experiment(path)
+
+
 def test_ints_become_floats_and_lists_tuples():
     cfg = from_dict(ExperimentConfig, {"train": {"lr": 1, "datasets": ["a"]},
                                        "datasets": {"a": {"prompts": "demo"}}}, "x")

@@ -70,7 +70,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             pass
     if tp in (int, float, str, bool):
         if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-            raise InputError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+            hint = (": YAML reads an unquoted no / yes / off / on as a boolean; quote it, "
+                    "e.g. mixed_precision: \"no\"" if tp is str and isinstance(value, bool) else "")
+            raise InputError(f"{where}: expected {_type_name(tp)}, got {value!r}{hint}")
         return value
     raise TypeError(f"unsupported config type {tp} at {where}")  # a bug in this module
 
@@ -269,7 +271,8 @@ def _temporal_max_frames() -> int:
 # --------------------------------------------------------------------------- overrides
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b.c=value`` strings (value parsed as YAML) to a nested dict, in place."""
+    """Apply ``a.b.c=value`` strings (value parsed as YAML) to a nested dict, in place. Only
+    true / false are booleans (YAML 1.2), not no / yes / off / on: ``mixed_precision=no``."""
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -278,6 +281,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError as e:
             raise InputError(f"--set {item!r}: value is not valid YAML: {e}") from None
+        if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+            value = raw.strip()  # YAML 1.2's booleans only: train.mixed_precision=no is "no"
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
