@@ -8,8 +8,9 @@ Arms, interleaved per repeat: the synthetic-tensor step of the same model, batch
 and, per decoder x worker count, ``vlcofit train`` on generated h264 mp4s (the demo's classes,
 ``--size`` px, 16 frames of which the card samples 8; ``--clips`` training clips, several
 epochs when ``--steps`` asks for more). The pipeline's rate is the median clips/s of its
-5-step log windows after the first 10 steps (worker start-up); printed: each arm's median over repeats and its ratio to
-the synthetic rate of the same repeat (median of ratios, min-max). Target on a GPU machine:
+5-step log windows after the first 10 steps (worker start-up); printed: each arm's median
+over repeats and its ratio to the synthetic rate of the same repeat (median of ratios,
+min-max). Target on a GPU machine:
 >= 0.9 for ViT-B/16 x 8 frames, with the decoder and worker count that reach it.
 """
 from __future__ import annotations

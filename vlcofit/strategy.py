@@ -33,7 +33,7 @@ def inside(model, fn):
 
 
 def for_inference(accelerator, model):
-    """The model of an inference-only command (eval, zero-shot, few-shot features, fit, advise,
+    """The model of an inference-only command (eval, zero-shot, few-shot features, advise,
     predict): whole on this process's device, not wrapped. Without gradients there is nothing
     to synchronise, and sharding saves what training holds (gradients, optimizer state), not
     weights that fit a device; under any launch the command still splits the videos over the
@@ -43,7 +43,8 @@ def for_inference(accelerator, model):
 
 @contextlib.contextmanager
 def evaluating(model):
-    """The prepared ``model`` in eval mode inside the block, its own mode restored after."""
+    """``model`` (prepared or not, or any module) in eval mode inside the block, its own mode
+    restored after."""
     was = model.training
     model.eval()
     try:

@@ -2,8 +2,9 @@
 
 Input: uint8 frames ``[T, 3, H, W]`` and boxes ``[M, 4]`` (x1, y1, x2, y2 normalised to the
 original frame). Output: ``(video, boxes, keep)`` with video uint8 ``[T, 3, S, S]`` (the model
-normalises it on its device: :mod:`vlcofit.data.transforms`), boxes ``[M', 4]`` normalised to the OUTPUT frame, and ``keep`` long
-``[M']`` the indices of the input boxes that survived (so their labels can follow).
+normalises it on its device: :mod:`vlcofit.data.transforms`), boxes ``[M', 4]`` normalised to
+the OUTPUT frame, and ``keep`` long ``[M']`` the indices of the input boxes that survived (so
+their labels can follow).
 
 Training: a random resized crop (area fraction in ``[min_scale, 1]``, aspect ratio in
 ``ratio`` times the frame's own, so that a crop squashed to a square is distorted about as much

@@ -137,7 +137,14 @@ class Backbone(nn.Module):
         Float frames are taken as already normalised."""
         if frames.dtype != torch.uint8:
             return frames
-        return TF.normalize(TF.to_dtype(frames, torch.float32, scale=True), self.mean, self.std)
+        # mean / std on the device once: TF.normalize would copy them from lists at every call,
+        # and a host-to-device copy from pageable memory makes the host wait for the GPU
+        stats = vars(self).setdefault("_pixel_stats", {})
+        if frames.device not in stats:
+            stats[frames.device] = tuple(torch.tensor(v, device=frames.device).view(-1, 1, 1)
+                                         for v in (self.mean, self.std))
+        mean, std = stats[frames.device]
+        return TF.to_dtype(frames, torch.float32, scale=True).sub_(mean).div_(std)  # as TF.normalize
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Activation checkpointing in the towers' blocks (``model.grad_checkpointing``)."""

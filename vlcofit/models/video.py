@@ -3,8 +3,6 @@ against rows of one text-embedding label space (or a random-init linear head, fo
 """
 from __future__ import annotations
 
-import contextlib
-
 import logging
 import math
 from typing import Callable, Sequence
@@ -15,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ModelConfig
+from ..strategy import evaluating
 from .backbones import Backbone, build_backbone
 from .temporal import build_temporal
 from .text import class_embeddings
@@ -138,7 +137,7 @@ class VideoCLIP(nn.Module):
 
     def embed_texts(self, names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
         """Any class names -> [C, E] (zero-shot with new labels). No gradient, eval mode."""
-        with torch.no_grad(), _eval_mode(self.backbone):
+        with torch.no_grad(), evaluating(self.backbone):
             return class_embeddings(self.backbone, names, templates)
 
     def class_matrix(self, rows: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
@@ -152,7 +151,7 @@ class VideoCLIP(nn.Module):
             # eval mode: a text encoder with dropout (Hugging Face BERTs) would bake one random
             # dropout draw into the cached class embeddings
             with torch.no_grad(), torch.autocast(self.logit_scale.device.type, enabled=False), \
-                    _eval_mode(self.backbone):
+                    evaluating(self.backbone):
                 self._text_cache = self._encode_label_space().float()
         return self._text_cache if rows is None else self._text_cache[rows]
 
@@ -272,17 +271,6 @@ class VideoCLIP(nn.Module):
         return head(self, emb, token_map)
 
 
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module):
-    """``module`` in eval mode inside the block, its own mode restored after."""
-    was = module.training
-    module.eval()
-    try:
-        yield module
-    finally:
-        module.train(was)
-
-
 def build_model(cfg: ModelConfig, class_names: Sequence[str],
                 class_templates: Sequence[Sequence[str]], with_boxes: bool = False) -> VideoCLIP:
     model = VideoCLIP(build_backbone(cfg), cfg, class_names, class_templates)
@@ -306,7 +294,7 @@ def stored_shape(shape) -> tuple[int, ...]:
 
 def _scalars_as_vectors(module: VideoCLIP, state_dict, prefix, *args) -> None:
     """load_state_dict pre hook: a saved scalar loads into its one-element parameter."""
-    own = {prefix + k: v for k, v in module.state_dict().items() if v.shape == (1,)}
+    own = {prefix + n for n, p in module.named_parameters() if p.shape == (1,)}
     for key in [k for k, v in state_dict.items() if k in own and v.ndim == 0]:
         state_dict[key] = state_dict[key].reshape(1)
 
