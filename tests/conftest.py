@@ -30,7 +30,29 @@ def launch_two():
         # no GPU either on a GPU host: rank 1 would otherwise look for cuda:1
         full_env = dict(os.environ, ACCELERATE_USE_CPU="1", CUDA_VISIBLE_DEVICES="",
                         OMP_NUM_THREADS="1", **(env or {}))
-        proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
+        proc = run_group(cmd, full_env, timeout)
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc
     return run
+
+
+def run_group(cmd, env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """``cmd``, killed with every process it started when the test ends early (its time
+    limit, a timeout): killing only the launcher would leave its ranks (each in a session of
+    its own) running, holding the output pipes open."""
+    import psutil  # Accelerate's dependency
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        tree = psutil.Process(proc.pid).children(recursive=True) + [psutil.Process(proc.pid)]
+        for p in tree:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

@@ -172,7 +172,8 @@ def test_empty_detections_file_warns(tmp_path, caplog, capsys) -> None:
     # the command prints it in its JSON (and logs it)
     assert main(["ava-eval", "--labelmap", str(paths[0]), "--groundtruth", str(paths[1]),
                  "--detections", str(paths[2])]) == 0
-    assert json.loads(capsys.readouterr().out) == {"protocol": "current", **result}
+    assert json.loads(capsys.readouterr().out) == {"protocol": "current", "unit": "percent",
+                                                   **result}  # 0 % is 0
     # rows, but none left to score: also a warning, not a silent 0
     (tmp_path / "det.csv").write_text("v,0903,0.1,0.1,0.4,0.6,1,0.9\n")  # not a gt keyframe
     result = evaluate_files(*paths)
@@ -190,22 +191,20 @@ def test_excluded_keyframes_are_ignored() -> None:
         assert _eval(gt, det, exclusions={("v", 903)}, protocol=protocol)["mAP"] == 1.0
 
 
-def test_exclusions_file_needs_the_2019_protocol(tmp_path, capsys) -> None:
+def test_exclusions_file_under_either_protocol(tmp_path, capsys) -> None:
     from vlcofit.cli import main
     paths = _write(tmp_path, "v,0902,0.1,0.1,0.4,0.6,1,0\nv,0903,0.1,0.1,0.4,0.6,1,1\n",
                    "v,0902,0.1,0.1,0.4,0.6,1,0.9\nv,0903,0.0,0.7,0.2,0.9,1,0.95\n")
     (tmp_path / "excl.csv").write_text("v,0903\n")
-    with pytest.raises(ava.InputError, match="only read by the 'activitynet-2019' protocol"):
-        evaluate_files(*paths, tmp_path / "excl.csv")
-    assert evaluate_files(*paths, protocol=ACTIVITYNET_2019)["mAP"] == 0.25
-    assert evaluate_files(*paths, tmp_path / "excl.csv", ACTIVITYNET_2019)["mAP"] == 1.0
+    for protocol in ava.PROTOCOLS:  # current: as if 0903 were deleted from the ground truth
+        assert evaluate_files(*paths, protocol=protocol)["mAP"] == 0.25
+        assert evaluate_files(*paths, tmp_path / "excl.csv", protocol)["mAP"] == 1.0
     args = ["ava-eval", "--labelmap", str(paths[0]), "--groundtruth", str(paths[1]),
             "--detections", str(paths[2]), "--exclusions", str(tmp_path / "excl.csv")]
-    assert main(args) == 2
-    assert "only read by the 'activitynet-2019' protocol" in capsys.readouterr().err
-    assert main(args + ["--protocol", "activitynet-2019"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"protocol": "activitynet-2019", "mAP": 1.0,
-                                                   "per_class": {"bend": 1.0}}
+    for extra, protocol in (([], "current"), (["--protocol", ACTIVITYNET_2019], ACTIVITYNET_2019)):
+        assert main(args + extra) == 0
+        assert json.loads(capsys.readouterr().out) == {  # percent, as `vlcofit eval` reports
+            "protocol": protocol, "unit": "percent", "mAP": 100.0, "per_class": {"bend": 100.0}}
     with pytest.raises(ava.InputError, match="unknown AVA evaluation protocol '2018'"):
         evaluate_files(*paths, protocol="2018")
 

@@ -11,6 +11,7 @@ import torch
 from vlcofit.config import DatasetCard, load_card
 from vlcofit.data.annotations import FORMATS, VideoRecord, read_records
 from vlcofit.data.classification import ClassificationDataset, collate
+from vlcofit.data.loading import worker_context
 from vlcofit.data.synthetic import write_video
 from vlcofit.data.transforms import build_transform
 from vlcofit.errors import InputError
@@ -275,7 +276,8 @@ def test_collate(videos):
 
 def test_dataloader_with_workers(videos):
     data = _dataset(videos, train=True)
-    loader = torch.utils.data.DataLoader(data, batch_size=2, num_workers=2, collate_fn=collate)
+    loader = torch.utils.data.DataLoader(data, batch_size=2, num_workers=2, collate_fn=collate,
+                                         multiprocessing_context=worker_context())
     batches = list(loader)
     assert [b["video"].shape[0] for b in batches] == [2, 2]
     assert torch.equal(batches[0]["video"][0], data[0]["video"])  # same in a worker process
@@ -284,7 +286,8 @@ def test_dataloader_with_workers(videos):
 def test_persistent_workers_see_the_new_epoch(videos):
     data = _dataset(videos, train=True)
     loader = torch.utils.data.DataLoader(data, batch_size=2, num_workers=1, collate_fn=collate,
-                                         persistent_workers=True)
+                                         persistent_workers=True,
+                                         multiprocessing_context=worker_context())
     seen = []
     for epoch in (0, 1):
         data.set_epoch(epoch)

@@ -32,51 +32,53 @@ from vlcofit.strategy import inside
 from vlcofit.tasks import task_of
 from vlcofit.train import freeze_unused
 
-mode, config, out, *sets = sys.argv[1:]
-acc = Accelerator(cpu=True, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-cfg = load_experiment(config, sets)
-labels = build_labels(cfg)
-torch.manual_seed(0)
-model = build_video_model(cfg, labels).train()
-names = list(cfg.train.datasets)
-tasks = {n: task_of(cfg.datasets[n]) for n in names}
-freeze_unused(model, list(tasks.values()))
-data = {n: build_dataset(cfg.datasets[n], "train", labels.classes[n], model.backbone, train=True,
-                         seed=0) for n in names}
-base = model
-if mode == "fsdp":
-    for block in model.backbone.image_blocks():
-        fully_shard(block)
-    fully_shard(model)
-optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-if mode == "ddp":
-    model, optimizer = acc.prepare(model, optimizer)
-rank, losses = acc.process_index, []
-for step in range(4):
-    n = names[step % len(names)]
-    i = (2 * step + rank) % len(data[n])
-    torch.manual_seed(100 * step + rank)  # the augmentation draws: the same in both modes
-    batch = tasks[n].collate([data[n][i]])
-    loss = tasks[n].loss(model, batch, labels.rows(n), cfg.train)
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    base.clamp_logit_scales()
-    if base.train_text:
-        base.refresh_text_cache()
-    losses.append(acc.reduce(loss.detach(), "mean").item())
-metrics = {"scale": inside(model, lambda m: m.logit_scale.exp().item())}
-for n in dict.fromkeys(names + list(cfg.eval.datasets)):
-    card = cfg.datasets[n]
-    ds = build_dataset(card, "val", labels.classes[n], base.backbone, train=False, seed=0)
-    loader = acc.prepare(build_loader(ds, 2, False, 0))
-    metrics.update(task_of(card).evaluate(acc, model, loader, card, labels.rows(n),
-                                          labels.classes[n], "val", None, None))
-metrics.update(measure_fit(cfg, acc, model, labels, names, FeatureCache(out + ".features")))
-if acc.is_main_process:
-    json.dump({"losses": losses, "metrics": metrics}, open(out, "w"))
-end_processes()
-os._exit(0)  # see conftest.launch_two
+# guarded: loader workers (forkserver) import this script again
+if __name__ == "__main__":
+    mode, config, out, *sets = sys.argv[1:]
+    acc = Accelerator(cpu=True, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    cfg = load_experiment(config, sets)
+    labels = build_labels(cfg)
+    torch.manual_seed(0)
+    model = build_video_model(cfg, labels).train()
+    names = list(cfg.train.datasets)
+    tasks = {n: task_of(cfg.datasets[n]) for n in names}
+    freeze_unused(model, list(tasks.values()))
+    data = {n: build_dataset(cfg.datasets[n], "train", labels.classes[n], model.backbone, train=True,
+                             seed=0) for n in names}
+    base = model
+    if mode == "fsdp":
+        for block in model.backbone.image_blocks():
+            fully_shard(block)
+        fully_shard(model)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    if mode == "ddp":
+        model, optimizer = acc.prepare(model, optimizer)
+    rank, losses = acc.process_index, []
+    for step in range(4):
+        n = names[step % len(names)]
+        i = (2 * step + rank) % len(data[n])
+        torch.manual_seed(100 * step + rank)  # the augmentation draws: the same in both modes
+        batch = tasks[n].collate([data[n][i]])
+        loss = tasks[n].loss(model, batch, labels.rows(n), cfg.train)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        base.clamp_logit_scales()
+        if base.train_text:
+            base.refresh_text_cache()
+        losses.append(acc.reduce(loss.detach(), "mean").item())
+    metrics = {"scale": inside(model, lambda m: m.logit_scale.exp().item())}
+    for n in dict.fromkeys(names + list(cfg.eval.datasets)):
+        card = cfg.datasets[n]
+        ds = build_dataset(card, "val", labels.classes[n], base.backbone, train=False, seed=0)
+        loader = acc.prepare(build_loader(ds, 2, False, 0))
+        metrics.update(task_of(card).evaluate(acc, model, loader, card, labels.rows(n),
+                                              labels.classes[n], "val", None, None))
+    metrics.update(measure_fit(cfg, acc, model, labels, names, FeatureCache(out + ".features")))
+    if acc.is_main_process:
+        json.dump({"losses": losses, "metrics": metrics}, open(out, "w"))
+    end_processes()
+    os._exit(0)  # see conftest.launch_two
 '''
 
 CASES = {  # config, --set items

@@ -123,8 +123,9 @@ def test_compiled_image_blocks_give_the_same_outputs_and_gradients():
                for block in comp.backbone.image_blocks())
     torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
     assert ga.keys() == gb.keys() and ga
-    for n in ga:
-        torch.testing.assert_close(gb[n], ga[n], rtol=1e-3, atol=1e-5)
+    for n in ga:  # inductor reorders float32 sums: error relative to the largest gradient
+        torch.testing.assert_close(gb[n], ga[n], rtol=1e-3,
+                                   atol=1e-4 * float(ga[n].abs().max()) + 1e-12)
 
 
 def test_reinit_last_resets_the_last_timm_blocks_only():

@@ -3,4 +3,5 @@ import sys
 
 from .cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # loader workers (forkserver / spawn) import the main module again
+    sys.exit(main())

@@ -279,16 +279,24 @@ def advise(cfg: ExperimentConfig, out: Path, dataset_names: Sequence[str] | None
     return result
 
 
-def format_advice(result: dict, config: str = "CONFIG") -> str:
+def format_advice(result: dict, config: str = "CONFIG", sets: Sequence[str] = ()) -> str:
     """Two tables (measure | value; recommendation | value | why) and the train command."""
     rows = [("measure", "value")] + [(k, f"{v:.4g}") for k, v in result["measures"].items()]
     sources = ", ".join(f"{d}: {m}" for d, m in result["score_from"].items())
     rows.append(("fit score", f"{result['fit_score']:.3f} ({result['fit_band']}; {sources})"))
     recs = [("recommendation", "value", "why")] + [
         (r["key"], _yaml(r["value"]), r["why"]) for r in result["recommendations"]]
-    command = "vlcofit train " + shlex.quote(config) + "".join(
-        f" \\\n    --set {shlex.quote(f)}" for f in result["set"])
-    return "\n\n".join([_table(rows), _table(recs), command])
+    return "\n\n".join([_table(rows), _table(recs), train_command(config, sets, result["set"])])
+
+
+def train_command(config: str, sets: Sequence[str], fragments: Sequence[str]) -> str:
+    """``vlcofit train CONFIG`` with the user's ``--set`` items (the measured start, e.g.
+    ``model.init_from``, must come along) and then the advice's, shell-quoted. A user item
+    whose key the advice sets is left out: the advice was computed from its value."""
+    advised = {f.partition("=")[0] for f in fragments}
+    items = [s for s in sets if s.partition("=")[0].strip() not in advised] + list(fragments)
+    return "vlcofit train " + shlex.quote(config) + "".join(
+        f" \\\n    --set {shlex.quote(f)}" for f in items)
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:

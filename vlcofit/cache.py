@@ -41,6 +41,7 @@ from safetensors.torch import load_file, save_file
 from .config import DatasetCard, ModelConfig
 from .evaluate import extract_embeddings
 from .experiment import build_loader
+from .schema import DataConfig
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +186,8 @@ class CacheInfo:
 
 def cached_features(accelerator, model, dataset, batch_size: int, num_workers: int,
                     cache: FeatureCache | None, model_id: str = "",
-                    max_batches: int | None = None, desc: str = "features"
+                    max_batches: int | None = None, desc: str = "features",
+                    stall_timeout: float = DataConfig.stall_timeout
                     ) -> tuple[dict[str, torch.Tensor], CacheInfo]:
     """Embeddings of every video of ``dataset`` (evaluation views), from ``cache`` if it holds
     them, else by an evaluation pass (then stored). Collective: call on every process.
@@ -207,7 +209,8 @@ def cached_features(accelerator, model, dataset, batch_size: int, num_workers: i
             labels = torch.tensor([r.label for r in dataset.records[:hit["emb"].shape[0]]],
                                   dtype=torch.long)
             return {**hit, "label": labels}, CacheInfo(True, str(cache._stem(key, name)))
-    loader = accelerator.prepare(build_loader(dataset, batch_size, False, num_workers))
+    loader = accelerator.prepare(build_loader(dataset, batch_size, False, num_workers,
+                                             stall_timeout))
     feats = extract_embeddings(accelerator, model, loader, max_batches, desc=desc)
     expected = torch.tensor([r.label for r in dataset.records[:feats["emb"].shape[0]]],
                             dtype=torch.long)

@@ -34,6 +34,7 @@ from safetensors.torch import load_model, save_file
 
 from .errors import InputError
 from .models.video import stored_shape
+from .files import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +43,6 @@ logger = logging.getLogger(__name__)
 _NUMPY_GLOBALS = [(np._core if hasattr(np, "_core") else np.core).multiarray._reconstruct,
                   np.ndarray, np.dtype, codecs.encode,
                   *([np.dtypes.UInt32DType] if hasattr(np, "dtypes") else [])]
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 MODEL_FILE = "model.safetensors"
@@ -80,7 +75,7 @@ def save(accelerator, model: nn.Module, optimizer, scheduler, step: int, ckpt_ro
     if accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        _write_atomic(ckpt_root / "latest", final.name)
+        write_atomic(ckpt_root / "latest", final.name)
         _prune(ckpt_root, keep)
     accelerator.wait_for_everyone()
     return final

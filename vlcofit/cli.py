@@ -90,6 +90,17 @@ def _feature_cache(args):
     return None if args.no_feature_cache else (args.feature_cache or "auto")
 
 
+def _own_model_flags(command):
+    """zero-shot and predict set a bare model with --pretrained / --model: hints name those."""
+    def run(args) -> None:
+        from .models.notices import WeightsUnavailable
+        try:
+            command(args)
+        except WeightsUnavailable as e:
+            raise e.passing({"pretrained": "--pretrained", "name": "--model"}) from None
+    return run
+
+
 def cmd_zero_shot(args) -> None:
     from .zeroshot import format_table, run_zero_shot
     modes = ("ensemble", "single") if args.template_mode == "both" else (args.template_mode,)
@@ -99,7 +110,7 @@ def cmd_zero_shot(args) -> None:
         weights=args.weights, num_frames=args.frames, batch_size=args.batch_size,
         num_workers=args.workers, out=out, protocols=args.protocol or ["full"],
         template_modes=modes, template_index=args.template_index, half_draws=args.half_draws,
-        half_seed=args.half_seed, cache=_feature_cache(args))
+        half_seed=args.half_seed, cache=_feature_cache(args), label_map=args.label_map)
     if _is_main():
         if args.json:
             print(json.dumps(result.to_json(), indent=2))
@@ -167,22 +178,6 @@ def _int_list(text: str, flag: str) -> list[int]:
     if not values:
         raise InputError(f"{flag}: no values given")
     return values
-
-
-def cmd_ava_eval(args) -> None:
-    from .metrics.ava import evaluate_files
-    result = evaluate_files(args.labelmap, args.groundtruth, args.detections, args.exclusions,
-                            args.protocol)
-    text = json.dumps({"protocol": args.protocol, **result}, indent=2)
-    if args.out:
-        Path(args.out).write_text(text)
-    print(text)
-
-
-def cmd_list(args) -> None:
-    from .resources import KINDS, list_resources
-    for kind in KINDS:
-        print(f"{kind}: {', '.join(list_resources(kind)) or '-'}")
 
 
 def _is_main() -> bool:
@@ -280,6 +275,9 @@ def _add_protocol_commands(sub) -> None:
     z.add_argument("--split", default="val")
     z.add_argument("--prompts", required=True, help="class-name prompt file (path or shipped name)")
     z.add_argument("--templates", default=None, help="template file (default: the card's, or text4vis)")
+    z.add_argument("--label-map", default=None, metavar="FILE_OR_PAIRS",
+                   help="rename the card's labels before they are matched against --prompts: "
+                        "old=new pairs, comma-separated, or a file of old=new lines")
     z.add_argument("--protocol", action="append", default=[],
                    help="full (default), half (random 50%% class subsets), k600-novel, base2novel, "
                         "or a split file (prompts/splits name or path); repeatable or comma-separated")
@@ -294,7 +292,7 @@ def _add_protocol_commands(sub) -> None:
     _add_cache_args(z)
     z.add_argument("--json", action="store_true", help="print the results as JSON")
     z.add_argument("--out", default=None, help="write results JSON here")
-    z.set_defaults(func=cmd_zero_shot)
+    z.set_defaults(func=_own_model_flags(cmd_zero_shot))
 
     f = sub.add_parser("few-shot", help="K-shot splits, fine-tuning and a linear probe per K and seed")
     f.add_argument("config", help="experiment config (its single training dataset is subsampled)")
@@ -318,9 +316,12 @@ def _add_protocol_commands(sub) -> None:
 
 
 def _add_tool_commands(sub) -> None:
-    """predict, ava-eval, list; sweep, compare, advise (vlcofit.cli_transfer)."""
+    """predict; sweep, compare, advise (vlcofit.cli_transfer); ava-eval, list, doctor
+    (vlcofit.cli_tools)."""
+    from .cli_tools import add_tool_commands
     from .cli_transfer import add_transfer_commands
     add_transfer_commands(sub, SET_HELP, int_list, positive_int)
+    add_tool_commands(sub)
     r = sub.add_parser("predict", help="top-k labels for your own videos (or person boxes)",
                        epilog="--boxes CSV rows: video_path,time_sec,x1,y1,x2,y2 with coordinates "
                               "normalised to [0, 1] (x right, y down), paths relative to the CSV; "
@@ -344,24 +345,8 @@ def _add_tool_commands(sub) -> None:
     r.add_argument("--batch-size", type=positive_int, default=8)
     r.add_argument("--workers", type=nonneg_int, default=0, help="data-loading processes")
     r.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    r.set_defaults(func=cmd_predict)
+    r.set_defaults(func=_own_model_flags(cmd_predict))
 
-    a = sub.add_parser("ava-eval", help="official AVA frame-mAP@0.5 of a detections CSV")
-    a.add_argument("--labelmap", required=True)
-    a.add_argument("--groundtruth", required=True)
-    a.add_argument("--detections", required=True)
-    from .metrics.ava import ACTIVITYNET_2019, CURRENT, PROTOCOLS
-    a.add_argument("--protocol", choices=list(PROTOCOLS), default=CURRENT,
-                   help="evaluator revision: "
-                   + "; ".join(f"{k}: {v}" for k, v in PROTOCOLS.items()) + f" (default {CURRENT})")
-    a.add_argument("--exclusions", default=None,
-                   help=f"excluded keyframes (video_id,timestamp rows); only with --protocol "
-                   f"{ACTIVITYNET_2019}, the current evaluator has no such file")
-    a.add_argument("--out", default=None, help="also write the JSON here")
-    a.set_defaults(func=cmd_ava_eval)
-
-    ls = sub.add_parser("list", help="list shipped prompt files, templates and configs")
-    ls.set_defaults(func=cmd_list)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -386,6 +371,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vlcofit: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as e:
+        from .distributed import collective_timeout_message
+        message = collective_timeout_message(e)
+        if message is None:
+            raise
+        print(f"vlcofit: error: {message}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -36,7 +36,7 @@ def cmd_advise(args) -> None:
     out = Path(args.out)
     result = advise(cfg, out, args.datasets or None, max_per_class=args.max_per_class)
     if _is_main():
-        print(format_advice(result, args.config))
+        print(format_advice(result, args.config, args.set))
         print(f"\nadvice: {out / 'advice.json'}")
 
 

@@ -23,6 +23,7 @@ import yaml
 from . import resources
 from .config_checks import Source, check_value, fail, file_source, set_source, sub_source, origin
 from .errors import InputError
+from .files import write_atomic  # whole or not at all: a resume reads it back
 from .schema import (DatasetCard, EvalConfig, ExperimentConfig, LocalizationSpec,  # noqa: F401
                      ModelConfig, TrainConfig)
 
@@ -297,16 +298,39 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def load_experiment(name_or_path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load an experiment config (shipped name or path) with ``--set`` overrides applied.
+    """Load an experiment config (shipped name or path) with ``--set`` overrides applied; a
+    dataset card's file stands for the smallest experiment that trains it (card_experiment).
 
     Errors about a value an override set name the ``--set`` item, the others the file."""
     path = resources.find("experiments", name_or_path)
     overrides = list(overrides or [])
-    data = apply_overrides(load_yaml(path), overrides)
+    data = load_yaml(path)
+    if is_card(data):
+        data = card_experiment(path, data)
+    data = apply_overrides(data, overrides)
     source = set_source(file_source(str(path)), overrides)
     cfg = from_dict(ExperimentConfig, data, str(path), source)
     _check_experiment(cfg, source, overrides)
     return cfg
+
+
+_EXPERIMENT_KEYS = {f.name for f in dataclasses.fields(ExperimentConfig)}
+_CARD_KEYS = {f.name for f in dataclasses.fields(DatasetCard)}
+
+
+def is_card(data: dict) -> bool:
+    """Whether a YAML mapping is a dataset card, not an experiment: every key is a card key
+    and one at least is not also an experiment key (``train`` is both)."""
+    keys = set(data)
+    return keys <= _CARD_KEYS and bool(keys - _EXPERIMENT_KEYS)
+
+
+def card_experiment(path: Path, card: dict) -> dict:
+    """The smallest experiment that trains the card at ``path``: the default model and
+    settings, the card as its one dataset (``train.datasets``), the run in ``runs/<name>``."""
+    name = str(card.get("name") or path.stem)
+    return {"datasets": {name: {"card": str(path)}}, "train": {"datasets": [name]},
+            "output_dir": f"runs/{name}"}
 
 
 def to_dict(cfg: Any) -> Any:
@@ -322,4 +346,4 @@ def to_dict(cfg: Any) -> Any:
 
 def save_experiment(cfg: ExperimentConfig, path: str | Path) -> None:
     """Write the fully resolved config (cards inlined) so the run can be reproduced from it."""
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    write_atomic(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))

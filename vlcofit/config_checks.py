@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from .errors import InputError
-from .schema import (DatasetCard, EvalConfig, LocalizationSpec, ModelConfig, SweepConfig,
-                     TrainConfig)
+from .schema import (DataConfig, DatasetCard, EvalConfig, LocalizationSpec, ModelConfig,
+                     SweepConfig, TrainConfig)
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,8 @@ RANGES: dict[type, dict[str, Bound]] = {
         "label_smoothing": Bound(0, 1, open_high=True), "seed": NON_NEGATIVE,
         "num_workers": NON_NEGATIVE, "log_every": AT_LEAST_1, "eval_every": NON_NEGATIVE,
         "save_every": AT_LEAST_1, "keep_checkpoints": NON_NEGATIVE, "max_bad_fraction": UNIT,
-        "fit_max_per_class": AT_LEAST_1},
+        "fit_max_per_class": AT_LEAST_1, "collective_timeout": POSITIVE},
+    DataConfig: {"stall_timeout": POSITIVE},
     EvalConfig: {"batch_size": AT_LEAST_1, "max_batches": AT_LEAST_1},
     SweepConfig: {"seeds": NON_NEGATIVE, "few_shot_k": AT_LEAST_1},
 }

@@ -6,11 +6,13 @@ evaluation and zero-shot with another prompt file share one path.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from .data.loading import watch
 from .metrics.classification import accuracy_metrics, write_per_class_csv
 from .models.video import VideoCLIP
 from .prompts import ClassList
@@ -22,8 +24,11 @@ logger = logging.getLogger(__name__)
 def eval_batches(accelerator, loader, max_batches: int | None, desc: str):
     """The loader's batches, at most ``max_batches``, under a progress bar (main process)."""
     total = len(loader) if max_batches is None else min(len(loader), max_batches)
-    bar = tqdm(loader, total=total, desc=desc, unit="batch", leave=False,
-               disable=not accelerator.is_main_process)
+    # Into a file (stderr not a terminal), a bar nested under training's would redraw by moving
+    # the cursor up (\x1b[A), which the file keeps: there it writes on line 0 like the rest.
+    flat = not sys.stderr.isatty()
+    bar = tqdm(watch(loader, "evaluation"), total=total, desc=desc, unit="batch", leave=False,
+               disable=not accelerator.is_main_process, position=0 if flat else None)
     for i, batch in enumerate(bar):
         if max_batches is not None and i >= max_batches:
             break

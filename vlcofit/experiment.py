@@ -12,6 +12,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from .config import DatasetCard, ExperimentConfig
+from .schema import DataConfig
+from .data.loading import make_loader
 from .data.sampling import EpochBatches
 from .errors import InputError
 from .hierarchy import read_hierarchy
@@ -85,13 +87,15 @@ def build_dataset(card: DatasetCard, split: str, classes: ClassList, backbone: B
     return task_of(card).dataset(card, split, classes, backbone, train, seed)
 
 
-def build_loader(dataset, batch_size: int, train: bool, num_workers: int) -> DataLoader:
+def build_loader(dataset, batch_size: int, train: bool, num_workers: int,
+                 stall_timeout: float = DataConfig.stall_timeout) -> DataLoader:
     """Evaluation: the records in order, the last batch partial. Training: endless seeded epochs
     (:class:`~vlcofit.data.sampling.EpochBatches`, one iterator for the whole run), seeded from
-    torch's initial seed (``train.seed``), as Accelerate's seedable sampler was."""
-    common = dict(num_workers=num_workers, collate_fn=task_of(dataset.card).collate,
-                  pin_memory=torch.cuda.is_available())
+    torch's initial seed (``train.seed``), as Accelerate's seedable sampler was. Workers are
+    fork-safe and a stall is an error (:mod:`vlcofit.data.loading`)."""
+    common = dict(num_workers=num_workers, stall_timeout=stall_timeout,
+                  collate_fn=task_of(dataset.card).collate)
     if not train:
-        return DataLoader(dataset, batch_size=batch_size, shuffle=False, **common)
+        return make_loader(dataset, batch_size=batch_size, **common)
     sampler = EpochBatches(len(dataset), batch_size, torch.random.initial_seed())
-    return DataLoader(dataset, batch_sampler=sampler, **common)
+    return make_loader(dataset, batch_sampler=sampler, **common)

@@ -44,6 +44,8 @@ from .distributed import process_state
 from .errors import InputError, at
 from .experiment import build_labels, read_card_classes
 from .hierarchy import granular_records
+from .progress import RunProgress
+from .files import read_json
 from .prompts import ClassList
 from .stats import STD, mean_std
 from .tasks import task_of
@@ -163,7 +165,7 @@ def _train_or_reuse(cfg: ExperimentConfig) -> dict[str, float]:
     saved = run / "config.yaml"
     same = saved.is_file() and not training_changes(to_dict(load_experiment(saved)), to_dict(cfg))
     if same and (run / "run.json").is_file():
-        final = json.loads((run / "run.json").read_text()).get("final_metrics")
+        final = read_json(run / "run.json").get("final_metrics")
         if final:
             logger.info("%s: finished run with the same config; reusing its metrics", run)
             return final
@@ -263,7 +265,8 @@ def probe_features(cfg: ExperimentConfig, name: str, out: Path, train_rows: list
         if split == "train":
             ds.records = [ds.records[i] for i in train_rows]
         feats, _ = cached_features(accelerator, model, ds, cfg.eval.batch_size,
-                                   cfg.train.num_workers, store, model_id, desc=f"probe {split}")
+                                   cfg.train.num_workers, store, model_id, desc=f"probe {split}",
+                                   stall_timeout=cfg.data.stall_timeout)
         x = F.normalize(feats["emb"].mean(dim=1), dim=-1)
         out_feats.append({"x": x, "label": feats["label"], "valid": feats["valid"]})
     out_feats[0]["rows"] = torch.tensor(train_rows, dtype=torch.long)
@@ -344,6 +347,7 @@ def few_shot(cfg: ExperimentConfig, shots: Sequence[int], seeds: Sequence[int], 
     if not task_of(card).single_label:
         raise InputError(f"few-shot: dataset {name} is a {card.task} dataset; K-shot splits are "
                          "drawn per class of a single-label (classification) dataset")
+    process_state(cfg.train.collective_timeout)  # the process group, with the run's timeout
     classes = read_card_classes(card)
     records = granular_records(card, "train", classes)
     metric = f"{cfg.eval_datasets[0]}/top1"
@@ -359,15 +363,18 @@ def few_shot(cfg: ExperimentConfig, shots: Sequence[int], seeds: Sequence[int], 
     if probe and not splits_only:
         union = sorted({i for rows in chosen.values() for i in rows})
         feats = probe_features(cfg, name, out, union, probe_weights)
-    for run in runs if not splits_only else []:
-        k, seed = run["k"], run["seed"]
-        if finetune:
-            run_dir = out / f"k{k}_seed{seed}"
-            metrics = _train_or_reuse(kshot_config(cfg, Path(run["split"]), run_dir))
-            run.update(finetune=metrics.get(metric), metrics=metrics, run_dir=str(run_dir))
-        if feats is not None:
-            run["probe_detail"] = linear_probe(*feats, chosen[k, seed], len(classes), seed)
-            run["probe"] = run["probe_detail"]["top1"]
+    shown = len(runs) if finetune and not splits_only else 0  # "run i of N": fine-tuning runs
+    with RunProgress(shown, process_state().is_main_process) as progress:
+        for run in runs if not splits_only else []:
+            k, seed = run["k"], run["seed"]
+            if finetune:
+                progress.start(f"K={k}, seed {seed}")
+                run_dir = out / f"k{k}_seed{seed}"
+                metrics = _train_or_reuse(kshot_config(cfg, Path(run["split"]), run_dir))
+                run.update(finetune=metrics.get(metric), metrics=metrics, run_dir=str(run_dir))
+            if feats is not None:
+                run["probe_detail"] = linear_probe(*feats, chosen[k, seed], len(classes), seed)
+                run["probe"] = run["probe_detail"]["top1"]
     result = {"dataset": name, "metric": metric, "probe_metric": f"{name}/top1",
               "shots": list(shots), "seeds": list(seeds), "std": f"{STD} over seeds",
               "runs": runs, "summary": {m: summarize(runs, m) for m in ("finetune", "probe")

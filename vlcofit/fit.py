@@ -263,7 +263,8 @@ def _train_features(cfg, accelerator, model, labels, name, cache, max_per_class)
     ds.records = [ds.records[i] for i in keep]
     model_id = model_fingerprint(base, cfg.model) if cache is not None else ""
     feats, _ = cached_features(accelerator, model, ds, cfg.eval.batch_size,
-                               cfg.train.num_workers, cache, model_id, desc=f"fit {name}")
+                               cfg.train.num_workers, cache, model_id, desc=f"fit {name}",
+                               stall_timeout=cfg.data.stall_timeout)
     ok = feats["valid"]
     if not ok.all():
         logger.info("fit measures: %s: %d unreadable training videos left out", name,

@@ -55,6 +55,7 @@ from .experiment import build_loader
 from .models.video import VideoCLIP, build_model
 from .prompts import ClassList, read_class_list, read_templates
 from .runmodel import check_architecture, load_run_model
+from .schema import DataConfig
 from .tasks import task_of
 from .strategy import for_inference
 
@@ -153,7 +154,8 @@ def _why(path: Path, backend: str) -> str:
 
 def predict_videos(predictor: Predictor, videos: Sequence[str | Path], labels: str | None = None,
                    templates: str | None = None, top_k: int = 5, batch_size: int = 8,
-                   num_workers: int = 0) -> list[dict]:
+                   num_workers: int = 0,
+                   stall_timeout: float = DataConfig.stall_timeout) -> list[dict]:
     """One entry per video: ``{"video", "top": [{"label", "prob"}, ...]}`` or ``{"video",
     "error"}`` for a video that cannot be read."""
     from accelerate import Accelerator
@@ -168,7 +170,8 @@ def predict_videos(predictor: Predictor, videos: Sequence[str | Path], labels: s
     transform = build_transform(False, backbone.image_size, crops=card.test_crops)
     records = [VideoRecord(Path(v), 0, f"argument {i + 1}") for i, v in enumerate(videos)]
     dataset = ClassificationDataset(records, card, transform, train=False)
-    loader = accelerator.prepare(build_loader(dataset, batch_size, False, num_workers))
+    loader = accelerator.prepare(build_loader(dataset, batch_size, False, num_workers,
+                                             stall_timeout))
     feats = extract_embeddings(accelerator, model, loader, desc="predict")
     base = accelerator.unwrap_model(model)
     if text is None:

@@ -266,6 +266,50 @@ def read_class_subset(name_or_path: str | Path, classes: ClassList) -> list[int]
     return indices
 
 
+def read_label_map(spec: str) -> dict[str, str]:
+    """``--label-map``: a file of ``old=new`` lines (blank and ``#`` lines skipped) or
+    comma-separated ``old=new`` pairs -> {old: new}."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as err:
+            raise InputError(f"{at(path)}: cannot read the label map ({err})") from None
+        items = [(at(path, n), line.strip()) for n, line in enumerate(text.splitlines(), 1)
+                 if line.strip() and not line.strip().startswith("#")]
+    else:
+        items = [(f"--label-map {spec!r}", t.strip()) for t in spec.split(",") if t.strip()]
+    mapping: dict[str, str] = {}
+    for where, item in items:
+        old, sep, new = (part.strip() for part in item.partition("="))
+        if not sep or not old or not new:
+            raise InputError(f"{where}: {item!r} is not old=new (give a file of old=new lines "
+                             "or comma-separated old=new pairs)")
+        if old in mapping:
+            raise InputError(f"{where}: {old!r} is renamed twice")
+        mapping[old] = new
+    if not mapping:
+        raise InputError(f"--label-map {spec!r}: no old=new pair")
+    return mapping
+
+
+def renamed_classes(classes: ClassList, mapping: Mapping[str, str], where: str) -> ClassList:
+    """``classes`` (the new prompt file) with each class a label map renames to written under
+    its old name, at the same index and id: labels in the old names then read as new classes."""
+    old_of: dict[int, str] = {}
+    for old, new in mapping.items():
+        index = classes.find_index(new)
+        if index is None:
+            raise InputError(f"{where}: {old}={new}: {new!r} is not in the prompt file "
+                             f"{classes.path}{classes._suggest(new)}")
+        if index in old_of:
+            raise InputError(f"{where}: {old_of[index]!r} and {old!r} are both renamed to "
+                             f"{classes.names[index]!r}")
+        old_of[index] = old
+    names = tuple(old_of.get(i, name) for i, name in enumerate(classes.names))
+    return ClassList(names, classes.ids, f"{classes.path} renamed by {where}")
+
+
 @dataclass(frozen=True)
 class LabelSpace:
     """The union of several datasets' classes: one row per distinct (canonical) class name.

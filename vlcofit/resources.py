@@ -53,10 +53,16 @@ def find(kind: str, name_or_path: str | Path) -> Path:
         return path
     sub, suffix = KINDS[kind]
     name = path.name[: -len(suffix)] if path.name.endswith(suffix) else path.name
+    tried = [path.absolute()]
     if path.parent == Path("."):
         for root in _ROOTS:
             candidate = root / sub / f"{name}{suffix}"
             if candidate.is_file():
                 return candidate
+            if (root / sub).is_dir():
+                tried.append(candidate)
+    relative = "" if path.is_absolute() else (
+        "; a relative path is relative to the working directory, not to the file naming it")
     known = ", ".join(list_resources(kind)) or "none"
-    raise InputError(f"{name_or_path}: no such file, and not a shipped {kind} name (known: {known})")
+    raise InputError(f"{name_or_path}: no such file, and not a shipped {kind} name (looked for "
+                     f"{', '.join(map(str, tried))}{relative}; shipped: {known})")

@@ -14,11 +14,14 @@ from typing import Any
 from . import checkpoint
 from .config import ExperimentConfig, load_experiment, to_dict
 from .errors import InputError
+from .files import read_json, write_atomic
 
 # Keys a resumed run may change: how often it logs, evaluates and saves, how evaluation is run,
-# where the data now lives, how many loader processes read it, and the sweep around the run.
+# where the data now lives, how many loader processes read it, how long a loader or a
+# collective may wait, and the sweep around the run.
 MAY_CHANGE = ("output_dir", "train.log_every", "train.eval_every", "train.save_every",
               "train.keep_checkpoints", "train.num_workers", "train.max_bad_fraction", "eval.*",
+              "data.*", "train.collective_timeout",
               "datasets.*.root", "sweep.*", "model.grad_checkpointing")
 
 
@@ -84,7 +87,9 @@ def start_weights(cfg: ExperimentConfig, resumed_run: Path | None) -> Path | Non
     record = resumed_run / START if resumed_run else None
     if record is None or not record.is_file():  # new, or from before start.json: as given
         return checkpoint.resolve(cfg.model.init_from).resolve()
-    saved = json.loads(record.read_text())
+    saved = read_json(record)
+    if not isinstance(saved.get("checkpoint"), str) or not isinstance(saved.get("sha256"), str):
+        raise InputError(f"{record}: corrupt: expected {{\"checkpoint\": ..., \"sha256\": ...}}")
     ckpt = Path(saved["checkpoint"])
     file = ckpt / "model.safetensors"
     if not file.is_file():
@@ -101,5 +106,5 @@ def start_weights(cfg: ExperimentConfig, resumed_run: Path | None) -> Path | Non
 def record_start(run_dir: Path, ckpt: Path | None) -> None:
     """Write ``start.json`` for :func:`start_weights` (main process, new runs only)."""
     if ckpt is not None:
-        (run_dir / START).write_text(json.dumps(
+        write_atomic(run_dir / START, json.dumps(
             {"checkpoint": str(ckpt), "sha256": _sha256(ckpt / "model.safetensors")}, indent=1))

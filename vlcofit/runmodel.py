@@ -20,6 +20,7 @@ from . import checkpoint
 from .config import ExperimentConfig, ModelConfig, load_experiment
 from .errors import InputError
 from .experiment import LabelSetup, build_labels
+from .models.notices import WeightsUnavailable, weights_follow
 from .models.video import VideoCLIP, build_model
 from .tasks import task_of
 
@@ -120,12 +121,15 @@ def load_run_model(path: str | Path, config: str | Path | None = None,
     if needs_boxes and not boxes:
         raise InputError(f"{path}: this run has no box head (it trained on no localisation "
                          "dataset), so it cannot score person boxes")
-    with torch.random.fork_rng(devices=[]):
+    # The checkpoint replaces every weight (open_clip's "initialized randomly" is expected);
+    # `pretrained` is kept only for the preprocessing constants it decides (mean / std).
+    with torch.random.fork_rng(devices=[]), weights_follow():
         torch.manual_seed(cfg.train.seed)
-        # The checkpoint replaces every weight; `pretrained` is kept only for the preprocessing
-        # constants it decides (mean / std).
-        model = build_model(cfg.model, labels.space.names, labels.row_templates,
-                            with_boxes=boxes)
+        try:
+            model = build_model(cfg.model, labels.space.names, labels.row_templates,
+                                with_boxes=boxes)
+        except WeightsUnavailable as e:  # the run's config.yaml decides, not a flag
+            raise e.passing(config=str(config or run_dir_of(ckpt) / "config.yaml")) from None
     checkpoint.load_weights(model, ckpt)
     if class_names is not None:
         relabel(model, class_names, class_templates or [("{}",)] * len(class_names), str(path))

@@ -31,7 +31,8 @@ def evaluate_checkpoint(cfg: ExperimentConfig, ckpt: str, out_dir: Path | None =
     for name in cfg.eval_datasets:
         ds = build_dataset(cfg.datasets[name], cfg.eval.split, labels.classes[name],
                            accelerator.unwrap_model(model).backbone, train=False, seed=cfg.train.seed)
-        loader = accelerator.prepare(build_loader(ds, cfg.eval.batch_size, False, cfg.train.num_workers))
+        loader = accelerator.prepare(build_loader(ds, cfg.eval.batch_size, False,
+                                                  cfg.train.num_workers, cfg.data.stall_timeout))
         card = cfg.datasets[name]
         metrics.update(task_of(card).evaluate(
             accelerator, model, loader, card, labels.rows(name).to(accelerator.device),

@@ -164,6 +164,17 @@ class TrainConfig:
     keep_checkpoints: int = 2
     max_bad_fraction: float = 0.01  # fail when more training videos than this are unreadable
     trackers: tuple[str, ...] = ("tensorboard",)  # tensorboard | wandb | mlflow (vlcofit.trackers)
+    # seconds a process waits in a collective (gradient all-reduce, barrier) for the others
+    # before it fails naming its rank: a stalled or dead rank must not hold the rest forever
+    collective_timeout: float = 1800.0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How every loader of a run reads (vlcofit.data.loading)."""
+    # a loader that yields no batch for this many seconds stops the command with an error
+    # naming the dataset and the videos its workers were reading
+    stall_timeout: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -204,6 +215,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     datasets: dict[str, DatasetCard] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     output_dir: str = "runs/default"

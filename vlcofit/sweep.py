@@ -23,6 +23,8 @@ from pathlib import Path
 from .config import load_experiment
 from .distributed import process_state
 from .errors import InputError
+from .progress import RunProgress
+from .files import read_json
 from .stats import STD, mean_std
 from .sweep_curves import curve_summary, few_shot_transfer, plot_curves, plot_few_shot
 from .tasks import headline_metrics
@@ -74,7 +76,7 @@ def finished_metrics(run: Path) -> dict[str, float] | None:
     """Final metrics of a run that already completed (so an interrupted sweep resumes)."""
     info = run / "run.json"
     if info.is_file():
-        data = json.loads(info.read_text())
+        data = read_json(info)  # corrupt: an InputError naming the file
         if data.get("end_time") and data.get("final_metrics"):
             return data["final_metrics"]
     return None
@@ -178,11 +180,13 @@ def sweep(config: str, overrides: list[str], out: Path, grid: list[str] | None =
                              f"sweep.{key}")
     seeds = list(seeds if seeds is not None else spec.seeds)
     out.mkdir(parents=True, exist_ok=True)
-    runs: dict[str, list[dict[str, float]]] = {}
-    for setting, arm in settings.items():
-        folder = out / folder_name(setting, arm)
-        runs[setting] = [_one(str(config), overrides, arm, seed, folder / f"seed{seed}", spec)
-                         for seed in seeds]
+    runs: dict[str, list[dict[str, float]]] = {s: [] for s in settings}
+    with RunProgress(len(settings) * len(seeds), process_state().is_main_process) as progress:
+        for setting, arm in settings.items():
+            for seed in seeds:
+                progress.start(f"{setting}, seed {seed}")
+                run = out / folder_name(setting, arm) / f"seed{seed}"
+                runs[setting].append(_one(str(config), overrides, arm, seed, run, spec))
     keys = [k for k in dict.fromkeys(k for rs in runs.values() for r in rs for k in r)
             if not k.endswith(_COUNTS)]
     summary = {s: {k: dict(zip(("mean", "std"), mean_std([r.get(k, float("nan")) for r in rs])))

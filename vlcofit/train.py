@@ -3,10 +3,10 @@ or machines. `vlcofit train CONFIG` and `accelerate launch -m vlcofit train CONF
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,13 +19,18 @@ from . import checkpoint
 from . import mixture
 from .bad_videos import BadVideos
 from .config import ExperimentConfig, save_experiment
+from .data.loading import watch
+from .distributed import process_state
 from .errors import InputError
+from .models.notices import weights_follow
 from .experiment import build_dataset, build_labels, build_loader, build_video_model
 from .optim import (apply_freeze, apply_l2sp, attach_l2sp, build_optimizer, build_scheduler,
                     format_table, group_table)
 from .resume import check_resume_config, record_start, start_weights
 from .runmodel import run_dir_of
-from .runinfo import MetricsLog, finish_run_json, plot_learning_curves, write_run_json
+from .files import read_json, write_atomic
+from .runinfo import (LossWindow, MetricsLog, finish_run_json, plot_learning_curves,
+                      read_metrics, write_run_json)
 from .strategy import accelerator_error, check_strategy, inside
 from .trackers import build_trackers, hyperparameters
 from .tasks import headline_metrics, task_of
@@ -38,6 +43,9 @@ def make_accelerator(cfg: ExperimentConfig, run_dir: Path | None,
     """One Accelerator per run, logging to ``train.trackers`` (TensorBoard: ``<run>/tensorboard``,
     :mod:`vlcofit.trackers`). ``find_unused``:
     some training step leaves trainable parameters without a gradient (:func:`freeze_unused`)."""
+    # the process group starts here, with the run's collective timeout (Accelerate's
+    # InitProcessGroupKwargs did not reach it in every supported version)
+    process_state(cfg.train.collective_timeout)
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused else []
     try:
         accelerator = Accelerator(
@@ -73,7 +81,8 @@ def _batches(accelerator, loader, dataset, start_micro: int):
     batches in (resume: Accelerate skips them without loading any)."""
     if len(loader) == 0:
         raise InputError(f"dataset {dataset.card.name}: fewer training videos than one batch per process")
-    return iter(accelerator.skip_first_batches(loader, start_micro) if start_micro else loader)
+    return watch(accelerator.skip_first_batches(loader, start_micro) if start_micro else loader,
+                 "training")
 
 
 def freeze_unused(model, tasks) -> bool:
@@ -108,12 +117,13 @@ def _build_data(cfg: ExperimentConfig, labels, backbone) -> _Data:
                                    train=True, seed=t.seed) for n in t.datasets}
     mix = mixture.plan(cfg, {n: len(ds) for n, ds in train_sets.items()})  # sizes: proportional
     logger.info("mixture (%s, %s):\n%s", t.sampling, t.schedule, mix.table())
-    loaders = {n: build_loader(ds, t.batch_size, True, t.num_workers)
+    loaders = {n: build_loader(ds, t.batch_size, True, t.num_workers, cfg.data.stall_timeout)
                for n, ds in train_sets.items()}
     eval_loaders = {n: build_loader(build_dataset(cfg.datasets[n], cfg.eval.split,
                                                   labels.classes[n], backbone, train=False,
                                                   seed=t.seed),
-                                    cfg.eval.batch_size, False, t.num_workers)
+                                    cfg.eval.batch_size, False, t.num_workers,
+                                    cfg.data.stall_timeout)
                     for n in cfg.eval_datasets}
     return _Data(train_sets, loaders, eval_loaders, mix)
 
@@ -131,16 +141,28 @@ def _phase_schedule(optimizer, cfg: ExperimentConfig, mix: mixture.Plan, phase: 
     return build_scheduler(base, cfg.train.warmup_steps, end - start)
 
 
-def _start_records(run_dir: Path, accelerator, cfg: ExperimentConfig, labels, mix, resumed: bool):
-    """Write config.yaml, run.json, labels.json, mixture.json (after a resume has loaded)."""
+def _read_records(run_dir: Path, step: int) -> tuple[dict | None, list[dict]]:
+    """A resumed run's run.json and its metrics rows up to the checkpoint's ``step``: read (a
+    corrupt one is an InputError) before anything of the run is rewritten."""
+    info, metrics = run_dir / "run.json", run_dir / "metrics.jsonl"
+    rows = read_metrics(metrics) if metrics.is_file() else []
+    return (read_json(info) if info.is_file() else None,
+            [r for r in rows if r.get("step", 0) <= step])
+
+
+def _start_records(run_dir: Path, accelerator, cfg: ExperimentConfig, labels, mix, groups,
+                   previous: tuple[dict | None, list[dict]]) -> MetricsLog:
+    """Write config.yaml, run.json, labels.json, mixture.json, param_groups.json and
+    metrics.jsonl, each whole or not at all (after a resume has loaded); ``previous``:
+    :func:`_read_records` of a resume."""
     t = cfg.train
     save_experiment(cfg, run_dir / "config.yaml")
-    write_run_json(run_dir / "run.json", accelerator, t.seed, resumed=resumed)
-    (run_dir / "labels.json").write_text(json.dumps(labels.to_dict(), indent=1))
-    (run_dir / "mixture.json").write_text(json.dumps(
+    write_run_json(run_dir / "run.json", accelerator, t.seed, previous[0])
+    write_atomic(run_dir / "labels.json", json.dumps(labels.to_dict(), indent=1))
+    write_atomic(run_dir / "mixture.json", json.dumps(
         {"sampling": t.sampling, "schedule": t.schedule, **mix.to_dict()}, indent=1))
-    if not resumed:
-        (run_dir / "metrics.jsonl").write_text("")
+    write_atomic(run_dir / "param_groups.json", json.dumps(groups, indent=1))
+    return MetricsLog(run_dir / "metrics.jsonl", previous[1])
 
 
 def _start_model(cfg: ExperimentConfig, labels, resumed_run: Path | bool):
@@ -148,7 +170,8 @@ def _start_model(cfg: ExperimentConfig, labels, resumed_run: Path | bool):
     on resume too (the checkpoint then overwrites them): they decide which parameters are new,
     and are L2-SP's w0."""
     set_seed(cfg.train.seed)  # same initial weights on every process
-    model = build_video_model(cfg, labels)
+    with weights_follow() if resumed_run else contextlib.nullcontext():  # the checkpoint's
+        model = build_video_model(cfg, labels)
     start = start_weights(cfg, resumed_run or None)
     if start is not None:
         checkpoint.load_matching(model, start)
@@ -184,6 +207,7 @@ def train(cfg: ExperimentConfig, resume: str | None = None) -> dict[str, float]:
     state = checkpoint.read_state(resume_from) if resume_from else {"step": 0}
     if resume_from is not None:  # before anything of the run is rewritten
         check_resume_config(run_dir_of(resume_from) or run_dir, cfg)
+    previous = _read_records(run_dir, state["step"]) if resume_from else (None, [])
     run_dir.mkdir(parents=True, exist_ok=True)
     labels = build_labels(cfg)
     model, start = _start_model(cfg, labels, resume_from is not None
@@ -203,15 +227,15 @@ def train(cfg: ExperimentConfig, resume: str | None = None) -> dict[str, float]:
     scheduler = _phase_schedule(optimizer, cfg, data.mix, data.mix.phase_of(step))
     if resume_from is not None:
         checkpoint.load(accelerator, model, optimizer, scheduler, resume_from)
+    window = LossWindow(len(t.datasets), accelerator, state.get("log_window"),
+                        resume_from and resume_from / "state.json")
+    log = None
     if accelerator.is_main_process:
-        _start_records(run_dir, accelerator, cfg, labels, data.mix, resume_from is not None)
-        (run_dir / "param_groups.json").write_text(json.dumps(groups, indent=1))
+        log = _start_records(run_dir, accelerator, cfg, labels, data.mix, groups, previous)
         if resume_from is None:
             record_start(run_dir, start)
     accelerator.init_trackers("vlcofit", config=hyperparameters(cfg))
-    loop = _Loop(cfg, accelerator, model, labels, eval_loaders, run_dir,
-                 MetricsLog(run_dir / "metrics.jsonl", resume_step=step if resume_from else None)
-                 if accelerator.is_main_process else None,
+    loop = _Loop(cfg, accelerator, model, labels, eval_loaders, run_dir, log,
                  BadVideos(run_dir / "bad_videos.txt", t.max_bad_fraction,
                            {n: len(d) for n, d in data.train_sets.items()},
                            state.get("bad_videos")))
@@ -220,7 +244,7 @@ def train(cfg: ExperimentConfig, resume: str | None = None) -> dict[str, float]:
     done = data.mix.counts(step)
     batches = {n: _batches(accelerator, loaders[n], data.train_sets[n], done[n] * t.grad_accum)
                for n in t.datasets}
-    final = loop.run(step, data.mix, batches, optimizer, scheduler)
+    final = loop.run(step, data.mix, batches, optimizer, scheduler, window)
     for tracker in accelerator.trackers:
         # not accelerator.end_training(): it destroys the process group, and few-shot and
         # compare run several trainings in one launch
@@ -228,7 +252,7 @@ def train(cfg: ExperimentConfig, resume: str | None = None) -> dict[str, float]:
     if accelerator.is_main_process:
         finish_run_json(run_dir / "run.json", final_metrics=final, steps=t.steps)
         plot_learning_curves(run_dir / "metrics.jsonl", run_dir / "learning_curve.png",
-                             headline_metrics(cfg))
+                             headline_metrics(cfg), {n: len(c) for n, c in labels.classes.items()})
     return final
 
 
@@ -255,16 +279,12 @@ class _Loop:
         self.accelerator.log(out, step=at_step)
         return out
 
-    def run(self, step: int, mix: mixture.Plan, batches, optimizer, scheduler) -> dict[str, float]:
+    def run(self, step: int, mix: mixture.Plan, batches, optimizer, scheduler,
+            window: LossWindow) -> dict[str, float]:
         t, acc = self.cfg.train, self.accelerator
         bar = tqdm(total=t.steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
                    disable=not self.main)
         self.model.train()
-        # per dataset: loss sum, steps; then clips. On the device: reading a loss back every
-        # step would make the host wait for the GPU at each step instead of queueing the next.
-        # float32, not float64: Apple's MPS has no float64.
-        window = torch.zeros(2 * len(t.datasets) + 1, device=acc.device)
-        window_start = time.perf_counter()
         phase = mix.phase_of(step)
         while step < t.steps:
             i = int(mix.schedule[step])
@@ -280,14 +300,11 @@ class _Loop:
             if mix.phase_of(step) != phase:  # transfer learning: downstream starts afresh
                 phase = mix.phase_of(step)
                 scheduler = _phase_schedule(optimizer, self.cfg, mix, phase)
-            window[2 * i] += loss
-            window[2 * i + 1] += 1
-            window[-1] += t.batch_size * t.grad_accum * acc.num_processes
+            window.add(i, loss, t.batch_size * t.grad_accum * acc.num_processes)
             bar.update(1)
             if step % t.log_every == 0 or step == t.steps:
-                self._log(window, step, time.perf_counter() - window_start, optimizer, bar)
-                window.zero_()
-                window_start = time.perf_counter()
+                self._log(window.sums, step, window.seconds(), optimizer, bar)
+                window.reset()
             if t.eval_every and step % t.eval_every == 0 and step < t.steps:
                 self.evaluate(step, final=False)
                 self.model.train()
@@ -295,7 +312,8 @@ class _Loop:
                 self.bad.sync(acc)
                 checkpoint.save(acc, self.model, optimizer, scheduler, step,
                                 self.run_dir / "checkpoints", t.keep_checkpoints,
-                                extra={"phase": phase, "bad_videos": self.bad.state()})
+                                extra={"phase": phase, "bad_videos": self.bad.state(),
+                                       "log_window": window.state(acc)})
         bar.close()
         return self.evaluate(step, final=True)
 

@@ -39,7 +39,8 @@ from .evaluate import classification_report, view_scores
 from .experiment import build_dataset
 from .metrics.classification import accuracy_metrics
 from .models.video import build_model
-from .prompts import ClassList, read_class_list, read_class_subset, read_templates
+from .prompts import (ClassList, read_class_list, read_class_subset, read_label_map,
+                      read_templates, renamed_classes)
 from .resources import list_resources
 from .stats import STD, mean_std
 from .runmodel import (check_architecture, load_run_model, relabel, require_text_head,
@@ -266,16 +267,21 @@ def run_zero_shot(model_cfg: ModelConfig | None, data: str, prompts: str, templa
                   protocols: list[str] | tuple[str, ...] = ("full",),
                   template_modes: tuple[str, ...] = ("ensemble",), template_index: int = 0,
                   half_draws: int = 10, half_seed: int = 0, half_fraction: float = 0.5,
-                  cache: str | Path | None = "auto") -> ZeroShotResult:
+                  cache: str | Path | None = "auto", label_map: str | None = None
+                  ) -> ZeroShotResult:
     """Zero-shot evaluation under ``protocols`` (see the module docstring).
 
     ``data``: a dataset card (its labels must be names or indices of ``prompts``) or a
     ``path,label`` CSV manifest. ``weights``: a vlcofit checkpoint or run folder. ``cache``:
     a feature-cache folder, ``"auto"`` (``<run>/features`` or ``~/.cache/vlcofit/features``)
     or None (no cache). ``out``: write the JSON here (per-class CSV beside it).
+    ``label_map``: the data's labels renamed before they are matched against ``prompts``
+    (:func:`vlcofit.prompts.read_label_map`: a file or comma-separated ``old=new`` pairs).
     """
     card = resolve_card(data, prompts, templates, num_frames)
     classes = read_class_list(card.prompts)
+    labelled = classes if not label_map else renamed_classes(
+        classes, read_label_map(label_map), f"--label-map {label_map}")
     tmpl = read_templates(card.templates)
     chosen = parse_protocols(protocols, card.prompts)
     bad = [m for m in template_modes if m not in TEMPLATE_MODES]
@@ -289,7 +295,7 @@ def run_zero_shot(model_cfg: ModelConfig | None, data: str, prompts: str, templa
     accelerator = make_accelerator(cfg, None)
     model = for_inference(accelerator, model)
     base = accelerator.unwrap_model(model)
-    ds = build_dataset(card, split, classes, base.backbone, train=False, seed=0)
+    ds = _labelled_dataset(card, split, labelled, base.backbone)
     store = _cache_for(cache, weights)
     model_id = model_fingerprint(base, model_cfg) if store is not None else ""
     feats, info = cached_features(accelerator, model, ds, batch_size, num_workers, store,
@@ -302,12 +308,26 @@ def run_zero_shot(model_cfg: ModelConfig | None, data: str, prompts: str, templa
                              half_seed, half_fraction, out.parent if out is not None and main else None)
     result.info = {"split": split, "prompts": str(classes.path), "templates": list(tmpl),
                    "template_file": card.templates, "template_index": template_index,
+                   "label_map": label_map,
                    "model": dataclasses.asdict(model_cfg), "weights": weights,
                    "feature_cache": dataclasses.asdict(info)}
     if out is not None and main:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result.to_json(), indent=2))
     return result
+
+
+def _labelled_dataset(card: DatasetCard, split: str, classes: ClassList, backbone):
+    """The split's videos, their labels read against ``classes``; a label that names no class
+    says how to match renamed classes."""
+    try:
+        return build_dataset(card, split, classes, backbone, train=False, seed=0)
+    except InputError as e:
+        if "is not in the prompt file" not in str(e):
+            raise
+        raise InputError(f"{e}. Labels are matched by name against --prompts: rename them "
+                         "with --label-map old=new[,old=new...] (or a file of old=new lines), "
+                         "or write them as indices into the prompt file") from None
 
 
 def zero_shot(model_cfg: ModelConfig, data: str, prompts: str, templates: str | None = None,

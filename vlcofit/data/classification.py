@@ -98,6 +98,11 @@ class ClassificationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def source(self, i: int) -> str:
+        """The video item ``i`` reads first, and where its record was read (stall messages)."""
+        record = self.records[i % len(self.records)]
+        return f"{record.path} (from {record.source})"
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         if not self.train:
             return self._eval_item(i)

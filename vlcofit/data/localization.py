@@ -258,6 +258,11 @@ class LocalizationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.keys)
 
+    def source(self, i: int) -> str:
+        """The media item ``i`` reads, and its keyframe (stall messages)."""
+        key = self.keys[i % len(self.keys)]
+        return f"{self.media_path(key)} (keyframe {key[1]})"
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         if not self.train:
             return self._eval_item(i)

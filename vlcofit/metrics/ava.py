@@ -9,7 +9,9 @@ from the TF object-detection API: ``per_image_evaluation.py``, ``object_detectio
   "timestamps with microsecond precision"). The ground truth lists every annotated keyframe,
   those without actions as 2-column ``video_id,timestamp`` rows; detections on keyframes absent
   from it are ignored; a keyframe is the video id and the timestamp as a 6-decimal number
-  (``"%.6f"``: 902.5 works, 0902 = 902 = 902.0000001); there is no exclusions file.
+  (``"%.6f"``: 902.5 works, 0902 = 902 = 902.0000001). It reads no exclusions file (c070fdb:
+  keyframes without actions became 2-column rows instead); excluded keyframes are deleted from
+  its ground truth, and an exclusions file here does exactly that.
 - ``"activitynet-2019"``: revision 3fee089 (2019-03-01), the last with an exclusions file and the
   one most codebases copied (``read_exclusions``). Excluded keyframes are dropped from both
   files; detections on keyframes absent from the ground truth are false positives (evaluated
@@ -47,9 +49,10 @@ orders each keyframe's box list (it matters only for IoU ties, and is reproduced
 clip coordinates up to 1e-3 outside [0, 1] (the official tool uses them as written) and reject
 worse ones. ``evaluate`` also takes keyframes to leave out of both tables (``exclusions``); under
 ``"current"`` that equals deleting them from the ground-truth file (vlcofit uses it for a card's
-excluded keyframes and for unreadable clips), while ``evaluate_files`` takes an exclusions file
-only with ``"activitynet-2019"``, like the official revisions. An evaluation without any
-detection left to score is reported in ``"warnings"`` and logged, not silently 0.
+excluded keyframes and for unreadable clips), and ``evaluate_files`` takes an exclusions file
+under either protocol. APs are fractions here, as the official tool prints them; vlcofit's
+reports (``eval``, ``ava-eval``) give them in percent. An evaluation without any detection left
+to score is reported in ``"warnings"`` and logged, not silently 0.
 
 Public codebases differ from the current official tool in several ways: the 2019 revision's
 exclusions and false positives on keyframes absent from the ground truth, integer-second keys,
@@ -76,8 +79,9 @@ CAPACITY = 50  # detection rows kept per keyframe
 IOU_THRESHOLD = 0.5
 CURRENT, ACTIVITYNET_2019 = "current", "activitynet-2019"
 PROTOCOLS = {  # the revisions of get_ava_performance.py reproduced (module docstring)
-    CURRENT: "the latest official evaluator (af461c3, 2020): no exclusions file, detections on "
-             "keyframes absent from the ground truth ignored, 6-decimal timestamps",
+    CURRENT: "the latest official evaluator (af461c3, 2020): excluded keyframes deleted from "
+             "the ground truth, detections on keyframes absent from it ignored, 6-decimal "
+             "timestamps",
     ACTIVITYNET_2019: "its 2019 revision (3fee089): exclusions file, detections on keyframes "
                       "absent from the ground truth are false positives, integer seconds",
 }
@@ -95,15 +99,9 @@ def evaluate_files(labelmap_path: str | Path, groundtruth_path: str | Path,
                    detections_path: str | Path, exclusions_path: str | Path | None = None,
                    protocol: str = CURRENT) -> dict:
     """Official AVA frame-mAP of a detections CSV -> {"mAP": float, "per_class": {name: AP}}
-    (plus "warnings": [str] when there is nothing to score). An exclusions file needs
-    ``protocol="activitynet-2019"``: the current official evaluator has none."""
+    (fractions; plus "warnings": [str] when there is nothing to score). Keyframes of the
+    exclusions file are left out under either protocol (module docstring)."""
     check_protocol(protocol)
-    if exclusions_path and protocol != ACTIVITYNET_2019:
-        raise InputError(
-            f"{at(exclusions_path)}: an exclusions file is only read by the "
-            f"{ACTIVITYNET_2019!r} protocol; the current official evaluator has none: it ignores "
-            "detections on keyframes absent from the ground truth (which lists keyframes "
-            "without actions as 'video_id,timestamp' rows), so delete excluded keyframes there")
     labelmap = read_labelmap(labelmap_path)
     gt = read_groundtruth(groundtruth_path, labelmap)
     if not len(gt):

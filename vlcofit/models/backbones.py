@@ -21,6 +21,7 @@ from torchvision.transforms.v2 import functional as TF
 from .. import resources
 from ..config import ModelConfig
 from ..errors import InputError
+from .notices import WeightsUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -318,10 +319,10 @@ def _check_open_clip_tag(arch: str, tag: str, cache_dir: str | None) -> None:
             if isinstance(try_to_load_from_cache(repo, filename, cache_dir=cache_dir), str):
                 return
     if not _hub_reachable():
-        raise InputError(
+        raise WeightsUnavailable(
             f"model: weights for {arch}/{tag} ({repo or cfg.get('url')}) are not in the local cache "
             f"and huggingface.co cannot be reached. Download them on a machine with network and pass "
-            f"the file: --set model.pretrained=/path/to/open_clip_model.safetensors")
+            f"the file", "pretrained", "/path/to/open_clip_model.safetensors")
 
 
 def _build_open_clip(cfg: ModelConfig) -> Backbone:
@@ -359,9 +360,10 @@ def _build_open_clip(cfg: ModelConfig) -> Backbone:
     try:  # SigLIP names and hf_tokenizer_name fetch their tokenizer from the hub
         tokenizer = open_clip.get_tokenizer(name, cache_dir=cfg.cache_dir)
     except (ImportError, OSError, RuntimeError, ValueError) as e:
-        raise InputError(f"model: could not build the tokenizer of open_clip model {cfg.name!r} "
-                         f"({type(e).__name__}: {e}); offline, pass a downloaded model folder: "
-                         f"--set model.name=local-dir:/path/to/folder") from None
+        raise WeightsUnavailable(
+            f"model: could not build the tokenizer of open_clip model {cfg.name!r} "
+            f"({type(e).__name__}: {e}); offline, pass a downloaded model folder", "name",
+            "local-dir:/path/to/folder") from None
     normalize = [t for t in getattr(preprocess, "transforms", []) if hasattr(t, "mean")]
     mean, std = (normalize[-1].mean, normalize[-1].std) if normalize else (OPENAI_MEAN, OPENAI_STD)
     loaded = bool(pretrained) or name.startswith(("hf-hub:", "local-dir:"))

@@ -19,6 +19,7 @@ from .. import resources
 from ..config import ModelConfig
 from ..errors import InputError
 from .backbones import OPENAI_MEAN, OPENAI_STD, Backbone, TowerDepth, _hub_reachable
+from .notices import WeightsUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -207,10 +208,10 @@ def build_hf(cfg: ModelConfig) -> Backbone:
     if not local.is_dir() and (local.exists() or name.startswith((".", "/", "~"))):
         raise InputError(f"model.name: {name} is not a folder with a Hugging Face CLIP or SigLIP model")
     if not local.is_dir() and not _hub_reachable():
-        raise InputError(
+        raise WeightsUnavailable(
             f"model.name: {name} is not a local folder and huggingface.co cannot be reached. "
             f"Download it on a machine with network (huggingface-cli download {name} --local-dir DIR) "
-            f"and pass --set model.name=DIR")
+            f"and pass it", "name", "DIR")
     source = str(local) if local.is_dir() else name
     try:
         model_type = AutoConfig.from_pretrained(source, cache_dir=cfg.cache_dir).model_type

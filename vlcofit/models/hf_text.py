@@ -35,6 +35,7 @@ from .backbones import (
     TowerDepth,
     _hub_reachable,
 )
+from .notices import expected_load_report
 
 logger = logging.getLogger(__name__)
 
@@ -295,9 +296,10 @@ def build_hf_text_clip(cfg: ModelConfig, path: Path, spec: dict) -> HFTextCLIPBa
         raise InputError(f"model.pretrained: weights file {cfg.pretrained} does not exist (a "
                          f"model-config JSON has no pretrained tags)")
     try:  # text_cfg as a keyword: open_clip's last override of the registered config
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            path.stem, pretrained=cfg.pretrained, cache_dir=cfg.cache_dir, weights_only=True,
-            text_cfg=text_cfg)
+        with expected_load_report():
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                path.stem, pretrained=cfg.pretrained, cache_dir=cfg.cache_dir,
+                weights_only=True, text_cfg=text_cfg)
     except (RuntimeError, FileNotFoundError, ValueError, OSError) as e:
         raise InputError(f"model: could not build {path} with the text tower "
                          f"{text_cfg['hf_model_name']}: {e}") from None

@@ -3,6 +3,7 @@ against rows of one text-embedding label space (or a random-init linear head, fo
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from typing import Callable, Sequence
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from ..config import ModelConfig
 from ..strategy import evaluating
 from .backbones import Backbone, build_backbone
+from .notices import weights_follow
 from .temporal import build_temporal
 from .text import class_embeddings
 
@@ -273,7 +275,10 @@ class VideoCLIP(nn.Module):
 
 def build_model(cfg: ModelConfig, class_names: Sequence[str],
                 class_templates: Sequence[Sequence[str]], with_boxes: bool = False) -> VideoCLIP:
-    model = VideoCLIP(build_backbone(cfg), cfg, class_names, class_templates)
+    # model.init_from's weights load next (training, advise): a random build is expected
+    with weights_follow() if cfg.init_from else contextlib.nullcontext():
+        backbone = build_backbone(cfg)
+    model = VideoCLIP(backbone, cfg, class_names, class_templates)
     if cfg.grad_checkpointing:
         model.backbone.set_grad_checkpointing(True)
     if cfg.compile:
