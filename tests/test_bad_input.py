@@ -292,3 +292,84 @@ def test_spoiled_checkpoints_name_the_file(run, data, tmp_path, capsys, name, sp
     err = run_cli(argv, capsys)
     assert message in err, err
     assert str(tmp_path) in err  # the message names the file by its path
+
+
+# --------------------------------------------------------------------------- round 2: commands
+
+def _boxes_run(tmp_path: Path) -> Path:
+    """A localisation run folder (one untrained checkpoint) and a 2-second video beside it."""
+    import numpy as np
+    from test_predict import fake_run
+
+    from vlcofit.data.synthetic import render_clip, write_video
+    run = tmp_path / "ava_run"
+    fake_run(run, "demo_ava")
+    frames = render_clip("growing", np.random.default_rng(0), size=64, num_frames=16)
+    write_video(tmp_path / "clip.mp4", frames, fps=8)
+    return run
+
+
+@pytest.mark.parametrize("time, message", [
+    ("inf", "time_sec must be a finite number of seconds, got inf"),
+    ("nan", "time_sec must be a finite number of seconds, got nan"),
+    ("999", "time_sec 999 is past the end of"),
+])
+def test_box_times_outside_the_video(tmp_path, capsys, time, message):
+    run = _boxes_run(tmp_path)
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text(f"clip.mp4,1.0,0.1,0.2,0.6,0.9\nclip.mp4,{time},0.1,0.2,0.6,0.9\n")
+    err = run_cli(["predict", "--checkpoint", run, "--boxes", boxes], capsys)
+    assert f"{boxes}:2: {message}" in err
+    if time == "999":
+        assert "(2.00 s long)" in err
+
+
+def test_zero_shot_protocols_are_checked_before_decoding(data, tmp_path, capsys, monkeypatch):
+    import vlcofit.zeroshot as zs
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("videos decoded before the arguments were checked")
+    monkeypatch.setattr(zs, "cached_features", no_decoding)
+    args = ["zero-shot", "--model", "tiny", "--data", data / "val.csv", "--workers", "0",
+            "--no-feature-cache"]
+    err = run_cli(args + ["--prompts", "demo", "--protocol", "nonsense"], capsys)
+    assert ("--protocol 'nonsense': not full, half, k600-novel or base2novel, nor a split "
+            "file") in err
+    one = tmp_path / "one.txt"
+    one.write_text("moving left\n")
+    err = run_cli(args + ["--prompts", one], capsys)
+    assert f"--protocol full: the prompt file {one} leaves 1 class to rank among" in err
+    split = tmp_path / "split.txt"
+    split.write_text("growing\n")
+    err = run_cli(args + ["--prompts", "demo", "--protocol", f"full,{split}"], capsys)
+    assert f"--protocol split: the split file {split} leaves 1 class" in err
+    two = tmp_path / "two.txt"
+    two.write_text("moving left\ngrowing\n")
+    err = run_cli(args + ["--prompts", two, "--protocol", "half"], capsys)
+    assert f"--protocol half: each half-class draw of {two} leaves 1 class" in err
+
+
+def test_advise_on_captions_only_names_the_datasets(tmp_path, capsys):
+    caps = f"{{task: captions, format: csv, root: {tmp_path}, train: c.csv, val: c.csv}}"
+    err = run_cli(["advise", "demo", *_sets(f"datasets.caps={caps}", "train.datasets=[caps]"),
+                   "--out", tmp_path / "advice"], capsys)
+    assert "advise: no dataset to measure the fit on: caps (task: captions); fit measures need " \
+           "a single-label classification dataset" in err
+    assert not (tmp_path / "advice").exists()
+
+
+def test_non_utf8_caption_file_names_line_and_byte(tmp_path, capsys):
+    (tmp_path / "c.csv").write_bytes(b"path,caption\nv.mp4,a person walks\nv.mp4,caf\xe9 time\n")
+    caps = f"{{task: captions, format: csv, root: {tmp_path}, train: c.csv, val: c.csv}}"
+    err = run_cli(["train", "demo", *_sets(f"datasets.caps={caps}", "train.datasets=[caps]",
+                                           f"output_dir={tmp_path / 'run'}", *QUICK)], capsys)
+    assert f"{tmp_path / 'c.csv'}:3: the annotation file is not UTF-8 text (byte 0xe9 at " \
+           f"byte 10 of the line, offset 43 of the file" in err
+
+
+def test_resume_refusal_shows_whole_maps(run, data, capsys):
+    err = run_cli(["train", "demo", *_sets(f"datasets.demo.root={data}", f"output_dir={run}",
+                                           *QUICK, "train.lr_mults={visual: 0.5}"),
+                   "--resume"], capsys)
+    assert "train.lr_mults: {} in the run, {'visual': 0.5} now" in err
+    assert "None" not in err

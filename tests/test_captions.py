@@ -374,6 +374,15 @@ def test_mixture_with_captions_on_two_processes(data, tmp_path, launch_two, caps
     printed = capsys.readouterr().out
     assert "caps/t2v_R1" in printed and "caps/v2t_MdR" in printed
     assert (tmp_path / "ev" / "caps_retrieval_top10.json").is_file()
+    # the published protocol beside the default; the card picks which one is unprefixed
+    default = json.loads((tmp_path / "ev" / "metrics_val.json").read_text())
+    assert main(["eval", "--checkpoint", str(out), "--set", "eval.datasets=[caps]",
+                 "--set", "datasets.caps.retrieval_protocol=clip4clip",
+                 "--out", str(tmp_path / "ev2")]) == 0
+    picked = json.loads((tmp_path / "ev2" / "metrics_val.json").read_text())
+    for key in ("t2v_R1", "t2v_MdR", "v2t_R5", "v2t_MnR"):
+        assert picked[f"caps/{key}"] == default[f"caps/clip4clip_{key}"]
+        assert picked[f"caps/vlcofit_{key}"] == default[f"caps/{key}"]
 
 
 def test_two_processes_train_like_one_process(data, tmp_path, launch_two):

@@ -72,6 +72,6 @@ def test_unknown_or_missing_trackers_are_clear_errors(data, tmp_path, monkeypatc
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "wandb" else real(name, *a))
-    with pytest.raises(InputError, match=r'train.trackers: wandb is not installed: pip install '
-                                         r'-e "\.\[wandb\]"'):
+    with pytest.raises(InputError, match=r'^train.trackers: wandb is not installed: pip install '
+                                         r'-e "\.\[wandb\]"'):  # the message itself, unwrapped
         train(_cfg(data, tmp_path / "r2", "train.trackers=[wandb]"))

@@ -33,7 +33,7 @@ def test_half_class_draws_are_deterministic_for_a_seed():
         draw_class_subsets(1, 10, seed=0, fraction=0.4)
 
 
-def test_parse_protocols():
+def test_parse_protocols(tmp_path):
     protos = parse_protocols(["full,half", "k600-novel"], "kinetics600")
     assert [p.name for p in protos] == ["full", "half", *K600_NOVEL]
     assert {p.group for p in protos[2:]} == {"k600_novel"}
@@ -41,7 +41,12 @@ def test_parse_protocols():
     assert [p.path for p in b2n] == ["ucf101_base", "ucf101_novel"]
     with pytest.raises(InputError, match="no shipped split 'demo_base'"):
         parse_protocols(["base2novel"], "demo")
-    assert parse_protocols(["split:/x/my_split.txt"], "demo")[0].path == "/x/my_split.txt"
+    mine = tmp_path / "my_split.txt"
+    mine.write_text("growing\n")
+    assert parse_protocols([f"split:{mine}"], "demo")[0].path == str(mine)
+    with pytest.raises(InputError, match="--protocol 'split:/x/none.txt': not full, half, "
+                                         "k600-novel or base2novel, nor a split file"):
+        parse_protocols(["split:/x/none.txt"], "demo")
 
 
 class _Scorer(nn.Module):

@@ -256,6 +256,12 @@ def advise(cfg: ExperimentConfig, out: Path, dataset_names: Sequence[str] | None
 
     out = Path(out)
     names = fit_datasets(cfg, dataset_names)
+    if not names:  # before any model is built or video decoded
+        asked = list(dataset_names) if dataset_names is not None else list(
+            cfg.train.datasets or cfg.datasets)
+        raise InputError(f"advise: no dataset to measure the fit on: "
+                         f"{', '.join(f'{n} (task: {cfg.datasets[n].task})' for n in asked)}; "
+                         f"fit measures need a single-label classification dataset")
     accelerator = make_accelerator(cfg, None)
     labels = build_labels(cfg)
     model = for_inference(accelerator, start_model(cfg, labels))

@@ -23,7 +23,7 @@ import yaml
 from . import resources
 from .config_checks import Source, check_value, fail, file_source, set_source, sub_source, origin
 from .errors import InputError
-from .files import write_atomic  # whole or not at all: a resume reads it back
+from .files import read_text, write_atomic  # written whole or not at all: a resume reads it back
 from .schema import (DatasetCard, EvalConfig, ExperimentConfig, LocalizationSpec,  # noqa: F401
                      ModelConfig, TrainConfig)
 
@@ -128,10 +128,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def load_yaml(path: str | Path) -> dict:
     """Read a YAML mapping safely; errors name the file."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read ({e.strerror})") from None
+    text = read_text(path, "YAML file")
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
@@ -246,10 +243,24 @@ def _check_experiment(cfg: ExperimentConfig, source: Source, overrides: Sequence
                 fail(source, f"datasets.{name}.num_frames",
                       f"is {cfg.datasets[name].num_frames}; model.temporal=transformer takes at most "
                       f"{max_frames} frames")
+    _check_freeze(cfg, source)
     from .mixture import check_mixture  # mixture builds on this module
     file, _ = source("")
     mixing = [item for item in overrides if _mixture_key(item.partition("=")[0])]
     check_mixture(cfg, file + "".join(f" with --set {item}" for item in mixing))
+
+
+def _check_freeze(cfg: ExperimentConfig, source: Source) -> None:
+    """train.freeze items checked as the config is read (a negative N, a bad regex), so the
+    error names the file or ``--set`` item; the tower needs the model (apply_freeze)."""
+    if not cfg.train.freeze:
+        return
+    from .optim import freeze_block  # imports torch: only when train.freeze is set
+    for i, spec in enumerate(cfg.train.freeze):
+        try:
+            freeze_block(spec)
+        except InputError as e:
+            fail(source, "train.freeze", str(e).removeprefix("train.freeze: "), item=i)
 
 
 def _mixture_key(key: str) -> bool:

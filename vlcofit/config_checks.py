@@ -84,6 +84,11 @@ def _protocols() -> tuple[str, ...]:
     return tuple(PROTOCOLS)
 
 
+def _retrieval_protocols() -> tuple[str, ...]:
+    from .metrics.retrieval import PROTOCOLS
+    return tuple(PROTOCOLS)
+
+
 def _trackers() -> tuple[str, ...]:
     from .trackers import TRACKERS
     return TRACKERS
@@ -107,7 +112,7 @@ CHOICES: dict[type, dict[str, tuple | Callable[[], tuple]]] = {
                   "loss": ("auto", "softmax", "sigmoid")},
     DatasetCard: {"task": _tasks, "granularity": ("fine", "coarse"),
                   "sampling": ("tsn", "dense"), "test_crops": (1, 3),
-                  "decoder": _decoders},
+                  "decoder": _decoders, "retrieval_protocol": _retrieval_protocols},
     LocalizationSpec: {"media": _media, "eval_protocol": _protocols},
     TrainConfig: {"sampling": _mixture_choices("SAMPLING"),
                   "schedule": _mixture_choices("SCHEDULES"),

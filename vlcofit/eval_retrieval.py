@@ -7,7 +7,9 @@ caption counts once). Similarity = cosine; metrics and the tie rule:
 :mod:`vlcofit.metrics.retrieval`.
 
 Metrics (keys ``"<name>/..."``): ``t2v_R1/R5/R10/MdR/MnR`` (each caption a query),
-``v2t_R1/R5/R10/MdR/MnR`` (each video a query, its captions the answers), ``videos`` and
+``v2t_R1/R5/R10/MdR/MnR`` (each video a query, its captions the answers) under the card's
+``retrieval_protocol``, and the same under every other protocol with its name as a prefix
+(``clip4clip_t2v_R1``, or ``vlcofit_t2v_R1`` when the card picks ``clip4clip``), ``videos`` and
 ``captions`` evaluated, ``unreadable`` (videos that could not be read: left out with their
 captions, as classification evaluation leaves unreadable videos out).
 
@@ -26,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .evaluate import eval_batches
-from .metrics.retrieval import rank_metrics, t2v_ranks, v2t_ranks
+from .metrics.retrieval import PROTOCOLS, rank_metrics, retrieval_metrics, t2v_ranks, v2t_ranks
 from .strategy import evaluating, inside
 
 logger = logging.getLogger(__name__)
@@ -89,10 +91,11 @@ def _embed_captions(model, captions: Sequence[Sequence[str]],
 
 
 def retrieval_report(name: str, feats: dict[str, torch.Tensor], records: Sequence,
-                     root: str | Path, out_dir: Path | None = None) -> dict[str, float]:
-    """Metrics ``{"<name>/t2v_R1": ...}`` of the gathered embeddings (:func:`extract_pairs`);
-    ``records`` are the dataset's (``path``, ``captions``), by ``index``. With ``out_dir``,
-    also the top-k file (module docstring)."""
+                     root: str | Path, out_dir: Path | None = None,
+                     protocol: str = "vlcofit") -> dict[str, float]:
+    """Metrics ``{"<name>/t2v_R1": ...}`` of the gathered embeddings (:func:`extract_pairs`)
+    under ``protocol``, the other protocols' prefixed; ``records`` are the dataset's (``path``,
+    ``captions``), by ``index``. With ``out_dir``, also the top-k file (module docstring)."""
     keep = feats["valid"]
     video, mask, index = feats["video"][keep], feats["mask"][keep], feats["index"][keep]
     captions = feats["text"][keep][mask]  # [Q, E]: video by video, each one's captions in order
@@ -103,9 +106,9 @@ def retrieval_report(name: str, feats: dict[str, torch.Tensor], records: Sequenc
     if bad:
         logger.warning("%s: %d unreadable videos (and their captions) left out of the "
                        "evaluation", name, bad)
-    metrics = {**rank_metrics(t2v, "t2v_"), **rank_metrics(v2t, "v2t_"),
-               "videos": float(len(video)), "captions": float(len(captions)),
-               "unreadable": float(bad)}
+    metrics = _protocol_metrics(sim, video_of, t2v, v2t, protocol)
+    metrics.update({"videos": float(len(video)), "captions": float(len(captions)),
+                    "unreadable": float(bad)})
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         caption_no = (mask.cumsum(1) - 1)[mask]  # each caption's position in its record
@@ -115,6 +118,22 @@ def retrieval_report(name: str, feats: dict[str, torch.Tensor], records: Sequenc
         path.write_text(json.dumps(top, indent=1))
         logger.info("%s: top-%d retrievals per query in %s", name, TOP_K, path)
     return {f"{name}/{k}": v for k, v in metrics.items()}
+
+
+def _protocol_metrics(sim: torch.Tensor, video_of: torch.Tensor, t2v: torch.Tensor,
+                      v2t: torch.Tensor, protocol: str) -> dict[str, float]:
+    """``protocol``'s metrics unprefixed, every other protocol's with its name as a prefix."""
+    out: dict[str, float] = {}
+    for name in PROTOCOLS:
+        if name == "vlcofit":  # the ranks are computed already (the top-k file shows them)
+            values = {**rank_metrics(t2v, "t2v_"), **rank_metrics(v2t, "v2t_")}
+        elif len(video_of):
+            values = retrieval_metrics(sim, video_of, name)
+        else:  # nothing readable: no query to count
+            keys = rank_metrics(t2v, "t2v_") | rank_metrics(v2t, "v2t_")
+            values = {k: float("nan") for k in keys}
+        out.update({k if name == protocol else f"{name}_{k}": v for k, v in values.items()})
+    return out
 
 
 def _top_k(sim: torch.Tensor, records: Sequence, video_of: torch.Tensor,
@@ -143,10 +162,10 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def evaluate_retrieval(accelerator, model, loader, name: str, root: str | Path,
-                       out_dir: Path | None = None,
-                       max_batches: int | None = None) -> dict[str, float]:
+                       out_dir: Path | None = None, max_batches: int | None = None,
+                       protocol: str = "vlcofit") -> dict[str, float]:
     """Retrieval evaluation of one caption dataset; collective (every process calls it and
     gets the metrics); only the main process writes to ``out_dir``."""
     feats = extract_pairs(accelerator, model, loader, max_batches, desc=f"eval {name}")
     return retrieval_report(name, feats, loader.dataset.records, root,
-                            out_dir if accelerator.is_main_process else None)
+                            out_dir if accelerator.is_main_process else None, protocol)

@@ -38,10 +38,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import ExperimentConfig, load_experiment, to_dict
+from .config import ExperimentConfig, load_experiment
 from .data.annotations import VideoRecord
 from .distributed import process_state
 from .errors import InputError, at
+from .files import read_text
 from .experiment import build_labels, read_card_classes
 from .hierarchy import granular_records
 from .progress import RunProgress
@@ -96,10 +97,7 @@ def read_split(path: Path, records: Sequence[VideoRecord]) -> list[int]:
     """Indices into ``records`` of the videos a ``path,label`` split file names (paths absolute
     or relative to the file's folder). A video not among ``records`` is an InputError."""
     index = {os.path.abspath(r.path): i for i, r in enumerate(records)}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: cannot read split file ({err})") from None
+    lines = read_text(path, "split file").splitlines()
     chosen = []
     for number, row in enumerate(csv.reader(lines), start=1):
         if not row or (number == 1 and [c.strip().lower() for c in row] == ["path", "label"]):
@@ -163,7 +161,7 @@ def _train_or_reuse(cfg: ExperimentConfig) -> dict[str, float]:
 
     run = Path(cfg.output_dir)
     saved = run / "config.yaml"
-    same = saved.is_file() and not training_changes(to_dict(load_experiment(saved)), to_dict(cfg))
+    same = saved.is_file() and not training_changes(load_experiment(saved), cfg)
     if same and (run / "run.json").is_file():
         final = read_json(run / "run.json").get("final_metrics")
         if final:

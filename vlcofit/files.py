@@ -1,4 +1,5 @@
-"""Run-folder files written whole or not at all, and JSON records read with clear errors.
+"""Run-folder files written whole or not at all, JSON records and users' text files read
+with clear errors.
 
 Below everything that writes run records (config, run info, checkpoints, resume), and free of
 torch, so that the config layer can use it."""
@@ -41,3 +42,21 @@ def read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise InputError(f"{path}: corrupt: expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def read_text(path: Path, what: str = "text file") -> str:
+    """A user's UTF-8 text file (a leading BOM dropped); unreadable or not UTF-8: an InputError
+    naming the file, and the line and byte where the decoding failed."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise InputError(f"{path}: cannot read the {what} ({err.strerror or err})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise InputError(f"{path}:{line}: the {what} is not UTF-8 text (byte "
+                         f"{data[err.start]:#04x} at byte {column} of the line, offset "
+                         f"{err.start} of the file: {err.reason}); save it as UTF-8") from None

@@ -46,34 +46,65 @@ class Hierarchy:
 
 
 def _split(text: str, where: str) -> tuple[str, str]:
-    fine, sep, coarse = text.partition("\t") if "\t" in text else text.rpartition(",")
+    if "\t" in text:
+        columns = text.split("\t")
+        if len(columns) > 2:  # else the extra text would silently join the group's name
+            raise InputError(f"{where}: {len(columns)} tab-separated columns, expected 2 "
+                             f"('fine name<TAB>coarse name'), got {text!r}")
+        fine, sep, coarse = columns[0], "\t", columns[-1]
+    else:
+        fine, sep, coarse = text.rpartition(",")
     if not sep or not fine.strip() or not coarse.strip():
         raise InputError(f"{where}: expected 'fine name<TAB>coarse name' (or fine,coarse), "
                          f"got {text!r}")
     return fine.strip(), coarse.strip()
 
 
-def _map_lines(path) -> list[tuple[str, str, str]]:
-    """(where, fine name, coarse name) of every mapping line; a fine,coarse header skipped."""
+def _map_lines(path) -> list[tuple[int, str, str, bool]]:
+    """(line number, fine name, coarse name, CSV form?) of every mapping line; a fine,coarse
+    header skipped."""
     out = []
     for number, text in _read_lines(path):
         fine, coarse = _split(text, at(path, number))
         if number == 1 and (fine.lower(), coarse.lower()) == ("fine", "coarse"):
             continue
-        out.append((at(path, number), fine, coarse))
+        out.append((number, fine, coarse, "\t" not in text))
     return out
 
 
-def _coarse_list(card, pairs: list[tuple[str, str, str]], path) -> ClassList:
+def _coarse_list(card, pairs: list[tuple[int, str, str, bool]], path) -> ClassList:
     if card.coarse_prompts:
         return read_class_list(card.coarse_prompts)
-    names = list(dict.fromkeys(coarse for _, _, coarse in pairs))
+    names = list(dict.fromkeys(coarse for _, _, coarse, _ in pairs))
     return ClassList.from_names(names, f"{path} (coarse groups)")
 
 
+def _unknown_fine(where: str, name: str, fine: ClassList, csv: bool) -> InputError:
+    """A fine name that is no class; a CSV line with a third column reads as one (the coarse
+    name is after the last comma), so say so when the text before a comma is a class."""
+    parts = name.split(",") if csv else [name]
+    known = {canonical_name(n) for n in fine.names}
+    for k in range(1, len(parts)):
+        if canonical_name(",".join(parts[:k])) in known:
+            return InputError(f"{where}: {len(parts) + 1} comma-separated columns, expected 2 "
+                              f"(fine,coarse; the fine name {','.join(parts[:k])!r} is followed "
+                              f"by {','.join(parts[k:])!r})")
+    return InputError(f"{where}: {name!r} is not a class of {fine.path}")
+
+
+def _check_groups_used(coarse: ClassList, mapping: dict[int, int], path) -> None:
+    """A listed group no fine class maps to would be a class no video has (coarse_prompts)."""
+    used = set(mapping.values())
+    for g, name in enumerate(coarse.names):
+        if g not in used:  # a prompt file's class i is its line i + 1 (no blank lines)
+            raise InputError(f"{at(coarse.path, g + 1)}: coarse group {name!r} has no fine "
+                             f"class mapped to it in {path}; map one to it, or remove it")
+
+
 def read_hierarchy(card) -> Hierarchy:
-    """The card's fine -> coarse map; unknown names (either side), a fine class mapped twice
-    to different groups, or fine classes left unmapped are InputErrors naming file and line."""
+    """The card's fine -> coarse map; unknown names (either side), a fine class mapped twice,
+    a line of more than two columns, fine classes left unmapped or ``coarse_prompts`` groups
+    no fine class maps to are InputErrors naming file and line."""
     path = find("hierarchies", card.coarse)
     fine = read_class_list(card.prompts)
     pairs = _map_lines(path)
@@ -81,20 +112,25 @@ def read_hierarchy(card) -> Hierarchy:
     fine_index = {canonical_name(n): i for i, n in enumerate(fine.names)}
     coarse_index = {canonical_name(n): i for i, n in enumerate(coarse.names)}
     mapping: dict[int, int] = {}
-    for where, f, c in pairs:
+    first_line: dict[int, int] = {}
+    for number, f, c, csv in pairs:
+        where = at(path, number)
         if canonical_name(f) not in fine_index:
-            raise InputError(f"{where}: {f!r} is not a class of {fine.path}")
+            raise _unknown_fine(where, f, fine, csv)
         if canonical_name(c) not in coarse_index:
             raise InputError(f"{where}: {c!r} is not a coarse group of {coarse.path}")
-        i, g = fine_index[canonical_name(f)], coarse_index[canonical_name(c)]
-        if mapping.get(i, g) != g:
+        i = fine_index[canonical_name(f)]
+        if i in mapping:  # even to the same group: a repeat hides a typo or a stale line
             raise InputError(f"{where}: {f!r} is already mapped to "
-                             f"{coarse.names[mapping[i]]!r}")
-        mapping[i] = g
+                             f"{coarse.names[mapping[i]]!r} at line {first_line[i]}; map each fine "
+                             "class once")
+        mapping[i], first_line[i] = coarse_index[canonical_name(c)], number
     unmapped = [fine.names[i] for i in range(len(fine)) if i not in mapping]
     if unmapped:
         raise InputError(f"{path}: maps no coarse group for {len(unmapped)} fine class(es) of "
                          f"{fine.path}, e.g. {', '.join(map(repr, unmapped[:3]))}")
+    if card.coarse_prompts:
+        _check_groups_used(coarse, mapping, path)
     return Hierarchy(fine, coarse, tuple(mapping[i] for i in range(len(fine))))
 
 

@@ -161,21 +161,42 @@ def format_table(table: list[dict]) -> str:
 
 # --------------------------------------------------------------------------- freezing
 
+# "word:integer" is always a block spec: parameter names hold no ':' (they are dotted), so
+# read as a regex it could match nothing; a bad tower or N is then an error saying so.
+_BLOCK_SPEC = re.compile(r"([A-Za-z_]\w*):([+-]?\d+)")
+
+
+def freeze_block(spec: str) -> tuple[str, int] | None:
+    """(tower, N) of a ``train.freeze`` item of the TOWER:N form; None: a regex (checked to
+    compile). Needs no model (the config checks it too); the tower is checked by
+    :func:`apply_freeze`, against the towers the backbone declares."""
+    found = _BLOCK_SPEC.fullmatch(spec)
+    if found is not None:
+        n = int(found.group(2))
+        if n < 0:
+            raise InputError(f"train.freeze: {spec!r}: N must be >= 0 (TOWER:N freezes the "
+                             f"tower's embeddings and its first N blocks; 0: the embeddings)")
+        return found.group(1), n
+    try:
+        re.compile(spec)
+    except re.error as err:
+        raise InputError(f"train.freeze: {spec!r} is neither TOWER:N (image:4, text:12) "
+                         f"nor a regular expression ({err})") from None
+    return None
+
+
 def apply_freeze(model: nn.Module, specs: tuple[str, ...]) -> list[str]:
-    """``train.freeze``: each item "image:N" / "text:N" (that tower's embeddings and first N
-    blocks, depth 0..N) or a regex over parameter names; returns the names frozen
-    (``requires_grad=False``, so they stay out of the optimizer)."""
+    """``train.freeze``: each item "TOWER:N" (a tower the backbone declares, e.g. image:4 /
+    text:12: its embeddings and first N blocks, depth 0..N) or a regex over parameter names;
+    returns the names frozen (``requires_grad=False``, so they stay out of the optimizer)."""
     frozen = []
     for spec in specs:
-        found = re.fullmatch(r"(image|text):(\d+)", spec)
-        if found:
-            hit = _freeze_blocks(model, found.group(1), int(found.group(2)), spec)
+        block = freeze_block(spec)
+        if block is not None:
+            hit = _freeze_blocks(model, *block, spec)
         else:
-            try:
-                regex = re.compile(spec)
-            except re.error as err:
-                raise InputError(f"train.freeze: {spec!r} is neither TOWER:N (image:4, text:12) "
-                                 f"nor a regular expression ({err})") from None
+            _check_not_a_bad_block(model, spec)
+            regex = re.compile(spec)
             hit = [n for n, p in model.named_parameters() if p.requires_grad and regex.search(n)]
             if not hit:
                 raise InputError(f"train.freeze: {spec!r} matches no trainable parameter")
@@ -188,10 +209,26 @@ def apply_freeze(model: nn.Module, specs: tuple[str, ...]) -> list[str]:
     return frozen
 
 
+def _towers(model: nn.Module) -> str:
+    """The backbone's declared towers, for messages: "image and text"."""
+    names = model.backbone.tower_names()
+    if len(names) < 2:
+        return names[0] if names else "none"
+    return ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _check_not_a_bad_block(model: nn.Module, spec: str) -> None:
+    """A tower's name, a colon and no integer ("text:x"): a mistyped TOWER:N, not a regex."""
+    tower, sep, n = spec.partition(":")
+    if sep and tower in model.backbone.tower_names():
+        raise InputError(f"train.freeze: {spec!r}: N must be an integer >= 0 ({tower}:N "
+                         f"freezes the {tower} tower's embeddings and first N blocks), got {n!r}")
+
+
 def _freeze_blocks(model: nn.Module, tower: str, n: int, spec: str) -> list[str]:
     if tower not in model.backbone.tower_names():
         raise InputError(f"train.freeze: {spec!r}: the {type(model.backbone).__name__} backbone "
-                         f"declares no {tower} tower")
+                         f"declares no {tower!r} tower; towers are {_towers(model)}")
     layers = model.backbone.num_layers(tower)
     if n > layers:
         raise InputError(f"train.freeze: {spec!r} is deeper than the {tower} tower "

@@ -38,6 +38,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -50,6 +51,7 @@ from .data.classification import ClassificationDataset
 from .data.transforms import build_transform
 from .data.video import VideoError, open_video
 from .errors import InputError, at
+from .files import read_text
 from .evaluate import extract_embeddings, view_scores
 from .experiment import build_loader
 from .models.video import VideoCLIP, build_model
@@ -202,10 +204,7 @@ class BoxRow:
 def read_boxes_csv(path: str | Path) -> list[BoxRow]:
     """Rows ``video_path,time_sec,x1,y1,x2,y2`` (optional header; see the module docstring)."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: cannot read the boxes file ({err})") from None
+    lines = read_text(path, "boxes file").splitlines()
     rows = []
     for number, row in enumerate(csv.reader(lines), start=1):
         row = [c.strip() for c in row]
@@ -220,6 +219,8 @@ def read_boxes_csv(path: str | Path) -> list[BoxRow]:
         except ValueError:
             raise InputError(f"{where}: time and box coordinates must be numbers: {row[1:]}") from None
         x1, y1, x2, y2 = box
+        if not math.isfinite(time):
+            raise InputError(f"{where}: time_sec must be a finite number of seconds, got {row[1]}")
         if not (0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1) or time < 0:
             raise InputError(f"{where}: need 0 <= x1 < x2 <= 1, 0 <= y1 < y2 <= 1 (normalised "
                              f"coordinates) and time >= 0, got {row[1:]}")
@@ -242,6 +243,7 @@ def predict_boxes(predictor: Predictor, boxes_csv: str | Path, labels: str | Non
         raise InputError("--boxes needs a localisation model: a checkpoint whose config trains a "
                          "`task: localization` dataset")
     rows = read_boxes_csv(boxes_csv)
+    _check_times(rows, card.decoder)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     if predictor.box_labels is not None:  # default labels: the localisation dataset's actions
@@ -279,6 +281,23 @@ def predict_boxes(predictor: Predictor, boxes_csv: str | Path, labels: str | Non
         for row, p in zip(members, logits.float().sigmoid().cpu()):
             results[row] = {"top": _top(p, classes.names, top_k)}
     return [{"video": str(r.video), "time": r.time, "box": list(r.box), **results[r]} for r in rows]
+
+
+def _check_times(rows: list[BoxRow], decoder: str) -> None:
+    """Every box's time inside its video, before anything is scored (a time past the end
+    would score the last frames, silently). Unreadable videos are reported per box later."""
+    durations: dict[Path, float | None] = {}
+    for row in rows:
+        if row.video not in durations:
+            try:
+                with open_video(row.video, decoder) as reader:
+                    durations[row.video] = reader.num_frames / reader.fps
+            except VideoError:
+                durations[row.video] = None
+        duration = durations[row.video]
+        if duration is not None and row.time > duration:
+            raise InputError(f"{row.source}: time_sec {row.time:g} is past the end of "
+                             f"{row.video} ({duration:.2f} s long)")
 
 
 def format_predictions(entries: list[dict]) -> str:

@@ -26,6 +26,7 @@ from types import MappingProxyType
 from typing import Mapping
 
 from .errors import InputError, at
+from .files import read_text
 from .resources import find
 
 logger = logging.getLogger(__name__)
@@ -52,12 +53,7 @@ def _read_lines(path: Path) -> list[tuple[int, str]]:
 
     Raises InputError for an unreadable, empty or non-UTF-8 file, or an empty line before the end.
     """
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise InputError(f"{at(path)}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    except OSError as err:
-        raise InputError(f"{at(path)}: cannot read ({err.strerror})") from None
+    text = read_text(path)
     lines = [line.strip() for line in text.splitlines()]
     while lines and not lines[-1]:
         lines.pop()
@@ -271,10 +267,7 @@ def read_label_map(spec: str) -> dict[str, str]:
     comma-separated ``old=new`` pairs -> {old: new}."""
     path = Path(spec).expanduser()
     if path.is_file():
-        try:
-            text = path.read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as err:
-            raise InputError(f"{at(path)}: cannot read the label map ({err})") from None
+        text = read_text(path, "label map")
         items = [(at(path, n), line.strip()) for n, line in enumerate(text.splitlines(), 1)
                  if line.strip() and not line.strip().startswith("#")]
     else:

@@ -5,6 +5,7 @@ schedule and seed. Only settings that do not change what is trained may differ.
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import hashlib
 import json
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import checkpoint
-from .config import ExperimentConfig, load_experiment, to_dict
+from .config import ExperimentConfig, load_experiment
 from .errors import InputError
 from .files import read_json, write_atomic
 
@@ -25,27 +26,42 @@ MAY_CHANGE = ("output_dir", "train.log_every", "train.eval_every", "train.save_e
               "datasets.*.root", "sweep.*", "model.grad_checkpointing")
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
+def _leaves(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> value, down through the config's sections and dataset cards; a field that
+    holds a mapping of the user's (``train.lr_mults``, ``sweep.arms``) is one value, so a change
+    in it shows as one line with both whole maps."""
+    if dataclasses.is_dataclass(value):
         out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out or {prefix.rstrip("."): {}}
-    return {prefix.rstrip("."): data}
+        for f in dataclasses.fields(value):
+            out.update(_leaves(getattr(value, f.name), f"{prefix}{f.name}."))
+        return out
+    if isinstance(value, dict) and value and all(map(dataclasses.is_dataclass, value.values())):
+        return {k: v for name, card in value.items()
+                for k, v in _leaves(card, f"{prefix}{name}.").items()}
+    return {prefix.rstrip("."): value}
 
 
-def training_changes(saved: dict, new: dict) -> list[tuple[str, Any, Any]]:
-    """(key, saved value, new value) for every training-relevant key that differs."""
-    a, b = _flatten(saved), _flatten(new)
-    missing = object()
+def training_changes(saved: ExperimentConfig, new: ExperimentConfig) -> list[tuple[str, Any, Any]]:
+    """(key, saved value, new value) for every training-relevant key that differs; a value
+    only one side has is MISSING on the other."""
+    a, b = _leaves(saved), _leaves(new)
     out = []
     for key in sorted(set(a) | set(b)):
         if any(fnmatch.fnmatchcase(key, pattern) for pattern in MAY_CHANGE):
             continue
-        old, now = a.get(key, missing), b.get(key, missing)
+        old, now = a.get(key, MISSING), b.get(key, MISSING)
         if old != now:
-            out.append((key, None if old is missing else old, None if now is missing else now))
+            out.append((key, old, now))
     return out
+
+
+MISSING = object()  # a key one side lacks (e.g. a dataset only one config has)
+
+
+def _shown(value: Any) -> str:
+    if value is MISSING:
+        return "absent"
+    return repr(list(value) if isinstance(value, tuple) else value)
 
 
 def check_resume_config(run_dir: Path, cfg: ExperimentConfig) -> None:
@@ -56,9 +72,10 @@ def check_resume_config(run_dir: Path, cfg: ExperimentConfig) -> None:
     # through the loader, so fields added to vlcofit since the run was saved take their
     # defaults on both sides instead of counting as changes
     saved = load_experiment(path)
-    changes = training_changes(to_dict(saved), to_dict(cfg))
+    changes = training_changes(saved, cfg)
     if changes:
-        shown = "; ".join(f"{k}: {old!r} in the run, {new!r} now" for k, old, new in changes[:8])
+        shown = "; ".join(f"{k}: {_shown(old)} in the run, {_shown(new)} now"
+                          for k, old, new in changes[:8])
         more = f" (and {len(changes) - 8} more)" if len(changes) > 8 else ""
         raise InputError(f"--resume: the config differs from the run's {path} in keys that change "
                          f"training: {shown}{more}. Resume with the run's own settings (only "

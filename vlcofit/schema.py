@@ -70,6 +70,9 @@ class DatasetCard:
     decoder: str = "pyav"  # pyav | torchcodec | decord | pytorchvideo (vlcofit.data.video)
     filename_pattern: str = "{youtube_id}_{time_start:06d}_{time_end:06d}.mp4"  # kinetics format
     video_extensions: tuple[str, ...] = (".mp4", ".avi", ".mkv", ".webm", ".mov")  # folder format
+    # captions: whose retrieval metrics are unprefixed (vlcofit.metrics.retrieval.PROTOCOLS;
+    # the others are reported too, prefixed): vlcofit | clip4clip (as most papers report)
+    retrieval_protocol: str = "vlcofit"
     localization: LocalizationSpec = field(default_factory=LocalizationSpec)  # task: localization
 
     def split_file(self, split: str) -> str:
@@ -134,8 +137,9 @@ class TrainConfig:
     lr_new: float = 1e-3  # new parameters: those not loaded from the starting weights
     weight_decay: float = 0.05
     # Non-binary transfer (Plested et al. 2021), resolved by vlcofit.optim into param_groups.json.
-    # Layer decay: lr at depth d = lr * layer_decay^(L+1-d) (embeddings 0, block i: i+1, final
-    # norm / projection and everything outside the backbone L+1); 1: off.
+    # Layer decay: lr at depth d = lr * layer_decay^(L+1-d) (embeddings 0, block i: i+1, the
+    # final norm L with the last block as timm has it, projection and everything outside the
+    # backbone L+1); 1: off.
     layer_decay: float = 1.0
     # {regex: factor} over parameter names (re.search; the first matching regex wins; one that
     # matches no trainable parameter is an error): on the lr, the weight decay, the L2-SP alpha.

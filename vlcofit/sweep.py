@@ -9,7 +9,9 @@ and zero-shot on names never trained on (``sweep.zero_shot``).
 
 Layout under ``out``: ``<setting>/seed<N>/`` (a run folder), ``.../finetune/``, ``.../probe/``;
 ``sweep.json``, ``sweep.md`` and ``sweep.png``. A finished run is not trained again, an
-interrupted one resumes from its latest checkpoint.
+interrupted one resumes from its latest checkpoint. Every setting's config (and its fine-tune
+and few-shot ones) is read, so checked, before the first run trains; an error in an override
+names the ``--grid`` item or the config field (``sweep.arms.NAME[i]``) it came from.
 """
 from __future__ import annotations
 
@@ -20,13 +22,16 @@ import logging
 import re
 from pathlib import Path
 
+from . import resources
 from .config import load_experiment
+from .config_checks import file_source, set_source
 from .distributed import process_state
 from .errors import InputError
 from .progress import RunProgress
 from .files import read_json
 from .stats import STD, mean_std
-from .sweep_curves import curve_summary, few_shot_transfer, plot_curves, plot_few_shot
+from .sweep_curves import (curve_summary, few_shot_transfer, plot_curves, plot_few_shot,
+                           plot_sweep)
 from .tasks import headline_metrics
 from .train import train
 
@@ -50,20 +55,42 @@ def split_values(text: str) -> list[str]:
     return [v.strip() for v in out]
 
 
-def grid_settings(grid: list[str]) -> dict[str, tuple[str, ...]]:
-    """``["train.l2sp=0,1e-3", "train.layer_decay=1,0.75"]`` -> the cartesian product, each
-    setting named by its values (``l2sp=0 layer_decay=1``)."""
-    axes = []
+def _grid_axes(grid: list[str]) -> list[tuple[str, list[str]]]:
+    """(--grid item, its ``key=value`` overrides) of every item; a malformed item, a value
+    given twice or a key swept by two items is an InputError naming the item."""
+    axes: list[tuple[str, list[str]]] = []
+    keys: dict[str, str] = {}
     for item in grid:
         key, sep, values = item.partition("=")
-        if not sep or not key.strip() or not values.strip():
+        key = key.strip()
+        if not sep or not key or not values.strip():
             raise InputError(f"--grid {item!r}: expected KEY=V1,V2,... (e.g. train.l2sp=0,1e-3)")
         parsed = split_values(values)
         if any(not v for v in parsed):
             raise InputError(f"--grid {item!r}: an empty value")
-        axes.append([f"{key.strip()}={v}" for v in parsed])
+        twice = next((v for i, v in enumerate(parsed) if v in parsed[:i]), None)
+        if twice is not None:  # two settings of one name: one would silently replace the other
+            raise InputError(f"--grid {item!r}: value {twice!r} is given twice")
+        if key in keys:
+            raise InputError(f"--grid {item!r}: {key} is swept already by --grid {keys[key]!r}")
+        keys[key] = item
+        axes.append((item, [f"{key}={v}" for v in parsed]))
+    return axes
+
+
+def grid_settings(grid: list[str]) -> dict[str, tuple[str, ...]]:
+    """``["train.l2sp=0,1e-3", "train.layer_decay=1,0.75"]`` -> the cartesian product, each
+    setting named by its values (``l2sp=0 layer_decay=1``)."""
+    axes = [overrides for _, overrides in _grid_axes(grid)]
     return {" ".join(o.split("=", 1)[0].rsplit(".", 1)[-1] + "=" + o.split("=", 1)[1]
                      for o in combo): combo for combo in itertools.product(*axes)}
+
+
+def grid_labels(grid: list[str]) -> dict[str, str]:
+    """Override -> who to blame for it in messages: ``--grid ITEM (value 'V')`` (an override
+    belongs to one --grid item: no key is swept twice)."""
+    return {o: f"--grid {item} (value {o.split('=', 1)[1]!r})"
+            for item, overrides in _grid_axes(grid) for o in overrides}
 
 
 def folder_name(setting: str, overrides: tuple[str, ...]) -> str:
@@ -155,17 +182,52 @@ def _one(config: str, overrides: list[str], arm: tuple[str, ...], seed: int, run
     return metrics
 
 
-def sweep(config: str, overrides: list[str], out: Path, grid: list[str] | None = None,
-          seeds: list[int] | None = None,
-          arms: dict[str, tuple[str, ...]] | None = None) -> dict:
-    """Train every setting (``arms``, else ``--grid``, else the config's ``sweep.arms``) x seed
-    under ``out``, measure transfer as ``sweep.probe`` / ``sweep.finetune`` say, and summarise
-    the final metrics (mean ± sample std over seeds). Returns the report (``sweep.json``)."""
-    cfg = load_experiment(config, overrides)
-    spec = cfg.sweep
-    settings = arms or (grid_settings(grid) if grid else dict(spec.arms))
-    if not settings:
-        raise InputError(f"{config}: nothing to sweep: give --grid KEY=V1,V2 or sweep.arms")
+def _set_by(config: str, overrides: list[str], key: str) -> str:
+    """Who set config ``key``, for messages: the ``--set`` item, else the config file."""
+    who, _ = set_source(file_source(str(resources.find("experiments", config))), overrides)(key)
+    return who
+
+
+def _item_labels(config: str, overrides: list[str], field: str,
+                 items: tuple[str, ...]) -> dict[str, str]:
+    """Override -> who to blame for it: ``FILE: FIELD[i] 'ITEM'`` (``--set ...: FIELD[i] ...``
+    where a --set item gave the list)."""
+    who = _set_by(config, overrides, field)
+    return {item: f"{who}: {field}[{i}] {item!r}" for i, item in enumerate(items)}
+
+
+def _relabel(message: str, labels: dict[str, str]) -> str:
+    """``message`` with ``--set ITEM`` (config.py's blame for an override) replaced by the
+    item's label where the sweep made the override from --grid or a config list: the user
+    typed no such --set. Only a whole item (followed by ':' or ' with ') is replaced."""
+    for item, label in labels.items():
+        for written in (f"--set {item}", f"--set {item!r}"):
+            message = re.sub(re.escape(written) + r"(?=:| with )", lambda _: label, message)
+    return message
+
+
+def _load_labelled(config: str, items: list[str], labels: dict[str, str]):
+    """load_experiment, its errors naming --grid or the config list an override came from."""
+    for item in items:
+        if item in labels and "=" not in item:
+            raise InputError(f"{labels[item]}: expected KEY=VALUE, e.g. train.lr=1e-4")
+    try:
+        return load_experiment(config, items)
+    except InputError as e:
+        raise InputError(_relabel(str(e), labels)) from None
+
+
+def _check_seeds(seeds: list[int], who: str) -> None:
+    if not seeds:
+        raise InputError(f"{who}: no seeds given")
+    twice = next((s for i, s in enumerate(seeds) if s in seeds[:i]), None)
+    if twice is not None:  # the same run twice: its copy would pass for a second sample
+        raise InputError(f"{who}: seed {twice} is given twice; each seed is one run, and a "
+                         "repeated one is a copy, not another sample")
+
+
+def _check_spec(cfg, spec) -> None:
+    """The transfer stages' settings that need no run."""
     for name in spec.probe:
         if name not in cfg.datasets:
             raise InputError(f"sweep.probe: {name!r} is not in datasets ({', '.join(cfg.datasets)})")
@@ -178,7 +240,59 @@ def sweep(config: str, overrides: list[str], out: Path, grid: list[str] | None =
         if getattr(spec, key) not in (None, ()) and getattr(spec, needs) is None:  # unread
             raise InputError(f"sweep.{key} is set but sweep.{needs} is not: set both, or drop "
                              f"sweep.{key}")
+
+
+def _check_settings(config: str, overrides: list[str], settings: dict[str, tuple[str, ...]],
+                    labels: dict[str, dict[str, str]], seed: int, spec) -> None:
+    """Every arm's config (and its fine-tune and few-shot configs) read, so checked, before
+    the first run trains: a bad value of a later arm must not cost the earlier arms' runs.
+    ``labels``: per setting, its overrides' labels (for messages)."""
+    few_shot = _item_labels(config, overrides, "sweep.few_shot_set", spec.few_shot_set)
+    for setting, arm in settings.items():
+        _load_labelled(config, [*overrides, *arm, f"train.seed={seed}"], labels[setting])
+        if spec.few_shot:
+            _load_labelled(config, [*overrides, *arm, *spec.few_shot_set,
+                                   f"train.datasets=[{spec.few_shot}]",
+                                   f"eval.datasets=[{spec.few_shot}]"],
+                          {**labels[setting], **few_shot})
+    if spec.finetune:
+        _load_labelled(config, [*overrides, *spec.finetune, f"train.seed={seed}"],
+                      _item_labels(config, overrides, "sweep.finetune", spec.finetune))
+
+
+def _settings(config: str, overrides: list[str], grid: list[str] | None,
+              arms: dict[str, tuple[str, ...]] | None, spec):
+    """The settings to sweep (``arms``, else ``--grid``, else ``sweep.arms``) and, per
+    setting, the labels of the overrides it adds (for messages)."""
+    if arms:
+        return arms, {s: {} for s in arms}
+    if grid:
+        settings, by_item = grid_settings(grid), grid_labels(grid)
+        return settings, {s: by_item for s in settings}
+    return dict(spec.arms), {name: _item_labels(config, overrides, f"sweep.arms.{name}", arm)
+                             for name, arm in spec.arms.items()}
+
+
+def sweep(config: str, overrides: list[str], out: Path, grid: list[str] | None = None,
+          seeds: list[int] | None = None,
+          arms: dict[str, tuple[str, ...]] | None = None) -> dict:
+    """Train every setting (``arms``, else ``--grid``, else the config's ``sweep.arms``) x seed
+    under ``out``, measure transfer as ``sweep.probe`` / ``sweep.finetune`` say, and summarise
+    the final metrics (mean ± sample std over seeds). Returns the report (``sweep.json``).
+    Every setting's config is checked before the first run trains."""
+    config = str(config)
+    cfg = load_experiment(config, overrides)
+    spec = cfg.sweep
+    settings, labels = _settings(config, overrides, grid, arms, spec)
+    if not settings:
+        raise InputError(f"{config}: nothing to sweep: give --grid KEY=V1,V2 or sweep.arms")
+    _check_spec(cfg, spec)
+    if seeds is not None:
+        _check_seeds(list(seeds), f"--seeds {','.join(map(str, seeds))}")
+    else:
+        _check_seeds(list(spec.seeds), f"{_set_by(config, overrides, 'sweep.seeds')}: sweep.seeds")
     seeds = list(seeds if seeds is not None else spec.seeds)
+    _check_settings(config, overrides, settings, labels, seeds[0], spec)
     out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict[str, float]]] = {s: [] for s in settings}
     with RunProgress(len(settings) * len(seeds), process_state().is_main_process) as progress:
@@ -186,7 +300,14 @@ def sweep(config: str, overrides: list[str], out: Path, grid: list[str] | None =
             for seed in seeds:
                 progress.start(f"{setting}, seed {seed}")
                 run = out / folder_name(setting, arm) / f"seed{seed}"
-                runs[setting].append(_one(str(config), overrides, arm, seed, run, spec))
+                runs[setting].append(_one(config, overrides, arm, seed, run, spec))
+    return _report(config, overrides, out, settings, seeds, runs, spec)
+
+
+def _report(config: str, overrides: list[str], out: Path, settings: dict, seeds: list[int],
+            runs: dict[str, list[dict[str, float]]], spec) -> dict:
+    """The runs' summary (mean ± std per setting and metric), written as sweep.json / .md /
+    .png (and the curve and few-shot plots) by the main process."""
     keys = [k for k in dict.fromkeys(k for rs in runs.values() for r in rs for k in r)
             if not k.endswith(_COUNTS)]
     summary = {s: {k: dict(zip(("mean", "std"), mean_std([r.get(k, float("nan")) for r in rs])))
@@ -213,7 +334,6 @@ def sweep(config: str, overrides: list[str], out: Path, grid: list[str] | None =
         if spec.few_shot:
             plot_few_shot(report, out / "sweep_fewshot.png")
     return report
-
 
 
 def _shown(config: str, overrides: list[str], spec, keys: list[str]) -> list[str]:
@@ -266,26 +386,3 @@ def _cell(stat: dict | None) -> str:
     if stat is None or stat["mean"] != stat["mean"]:  # NaN: absent from its runs
         return "-"
     return f"{stat['mean']:.2f} ± {stat['std']:.2f}"
-
-
-def plot_sweep(report: dict, path: Path) -> Path:
-    """One panel per shown metric: each setting's mean ± std (matplotlib, Agg)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    shown, settings = report["shown"], list(report["summary"])
-    fig, axes = plt.subplots(1, len(shown), figsize=(max(4.0, 0.6 * len(settings) + 1.5)
-                                                     * len(shown), 3.8), squeeze=False)
-    for ax, key in zip(axes[0], shown):
-        per = [report["summary"][s].get(key, {"mean": float("nan"), "std": 0.0}) for s in settings]
-        ax.bar(range(len(settings)), [p["mean"] for p in per], yerr=[p["std"] for p in per],
-               capsize=3, color=[f"C{i % 10}" for i in range(len(settings))])
-        ax.set_xticks(range(len(settings)))
-        ax.set_xticklabels(settings, rotation=30, ha="right", fontsize=8)
-        ax.set_title(key, fontsize=9)
-        ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

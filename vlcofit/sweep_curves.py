@@ -1,4 +1,4 @@
-"""A sweep's learning curves and few-shot stage (:mod:`vlcofit.sweep`).
+"""A sweep's learning curves, few-shot stage and plots (:mod:`vlcofit.sweep`).
 
 Learning curve (``sweep.curve``: an evaluation metric such as ``compositional/top1``): the
 metric at every evaluation a run logged (``train.eval_every``, and the final one) in its
@@ -122,3 +122,26 @@ def plot_few_shot(report: dict, path: Path) -> Path:
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title((keys[0][1].split(":")[1] + ": " if keys else "") + "few-shot (dashed: zero-shot)")
     return _save(fig, ax, path)
+
+
+def plot_sweep(report: dict, path: Path) -> Path:
+    """One panel per shown metric: each setting's mean ± std (matplotlib, Agg)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown, settings = report["shown"], list(report["summary"])
+    fig, axes = plt.subplots(1, len(shown), figsize=(max(4.0, 0.6 * len(settings) + 1.5)
+                                                     * len(shown), 3.8), squeeze=False)
+    for ax, key in zip(axes[0], shown):
+        per = [report["summary"][s].get(key, {"mean": float("nan"), "std": 0.0}) for s in settings]
+        ax.bar(range(len(settings)), [p["mean"] for p in per], yerr=[p["std"] for p in per],
+               capsize=3, color=[f"C{i % 10}" for i in range(len(settings))])
+        ax.set_xticks(range(len(settings)))
+        ax.set_xticklabels(settings, rotation=30, ha="right", fontsize=8)
+        ax.set_title(key, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -47,10 +47,12 @@ def make_accelerator(cfg: ExperimentConfig, run_dir: Path | None,
     # InitProcessGroupKwargs did not reach it in every supported version)
     process_state(cfg.train.collective_timeout)
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused else []
+    # outside the try: a tracker's own error (not installed) is not the strategy's
+    trackers = build_trackers(cfg.train.trackers, run_dir) if run_dir is not None else None
     try:
         accelerator = Accelerator(
             mixed_precision=cfg.train.mixed_precision,
-            log_with=build_trackers(cfg.train.trackers, run_dir) if run_dir is not None else None,
+            log_with=trackers,
             project_dir=str(run_dir) if run_dir is not None else None,
             # micro-batches per optimizer step, synchronised on the last (DDP's no_sync, FSDP's
             # and DeepSpeed's own); never early at an epoch's end: steps cross epochs

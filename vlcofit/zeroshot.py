@@ -41,7 +41,7 @@ from .metrics.classification import accuracy_metrics
 from .models.video import build_model
 from .prompts import (ClassList, read_class_list, read_class_subset, read_label_map,
                       read_templates, renamed_classes)
-from .resources import list_resources
+from .resources import find, list_resources
 from .stats import STD, mean_std
 from .runmodel import (check_architecture, load_run_model, relabel, require_text_head,
                        run_dir_of)
@@ -84,11 +84,33 @@ def parse_protocols(specs: list[str] | tuple[str, ...], prompts: str | Path) -> 
             out += [Protocol("split", n, n, group=f"{stem}_base2novel") for n in names]
         else:
             path = spec.removeprefix("split:")
+            try:
+                find("splits", path)
+            except InputError as err:
+                raise InputError(f"--protocol {spec!r}: not full, half, k600-novel or base2novel, "
+                                 f"nor a split file ({err})") from None
             out.append(Protocol("split", Path(path).stem, path))
     if not out:
         raise InputError("--protocol: no protocol given (full, half, k600-novel, base2novel or a "
                          "split file)")
     return list(dict.fromkeys(out))
+
+
+def check_protocols(protocols: list[Protocol], classes: ClassList, half_draws: int,
+                    half_seed: int, half_fraction: float) -> None:
+    """Every protocol scorable, before any video is decoded: its split files read against the
+    prompt file, its half-class draws possible, at least 2 classes to rank (1 is always right)."""
+    for p in protocols:
+        if p.kind == "split":
+            size, what = len(read_class_subset(p.path, classes)), f"the split file {p.path}"
+        elif p.kind == "half":
+            size = len(draw_class_subsets(len(classes), half_draws, half_seed, half_fraction)[0])
+            what = f"each half-class draw of {classes.path}"
+        else:
+            size, what = len(classes), f"the prompt file {classes.path}"
+        if size < 2:
+            raise InputError(f"--protocol {p.name}: {what} leaves {size} class to rank among, and "
+                             f"a choice among 1 class is always right; give at least 2 classes")
 
 
 def draw_class_subsets(num_classes: int, draws: int, seed: int,
@@ -284,6 +306,7 @@ def run_zero_shot(model_cfg: ModelConfig | None, data: str, prompts: str, templa
         classes, read_label_map(label_map), f"--label-map {label_map}")
     tmpl = read_templates(card.templates)
     chosen = parse_protocols(protocols, card.prompts)
+    check_protocols(chosen, classes, half_draws, half_seed, half_fraction)
     bad = [m for m in template_modes if m not in TEMPLATE_MODES]
     if bad or not template_modes:
         raise InputError(f"template mode must be ensemble or single, got {bad or 'none'}")

@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 
 from ..config import DatasetCard
 from ..errors import InputError, at
+from ..files import read_text
 from ..prompts import ClassList, canonical_name
 
 logger = logging.getLogger(__name__)
@@ -53,12 +54,7 @@ def _as_classes(classes: ClassList | Sequence[str]) -> ClassList:
 
 def _lines(path: Path) -> list[tuple[int, str]]:
     """(1-based line number, stripped text) of the non-empty lines of a text file."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as err:
-        raise InputError(f"{at(path)}: cannot read annotation file ({err.strerror})") from None
-    except UnicodeDecodeError as err:
-        raise InputError(f"{at(path)}: not UTF-8 text ({err.reason})") from None
+    text = read_text(path, "annotation file")
     return [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 

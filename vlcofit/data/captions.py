@@ -32,6 +32,7 @@ import torch
 
 from ..config import DatasetCard
 from ..errors import InputError, at
+from ..files import read_text
 from .annotations import _annotation, _lines, header_rows
 from .classification import ClassificationDataset
 from .classification import collate as collate_clips
@@ -87,10 +88,7 @@ def read_caption_csv(card: DatasetCard, split: str) -> list[CaptionRecord]:
 
 def _json_entries(path: Path) -> list[tuple[str, Any]]:
     """(where, entry) of a JSON list (``file: entry i``) or a JSON Lines file (``file:line``)."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"{at(path)}: cannot read caption JSON ({err})") from None
+    text = read_text(path, "caption JSON")
     if path.suffix.lower() == ".jsonl":
         entries = []
         for number, line in enumerate(text.splitlines(), 1):

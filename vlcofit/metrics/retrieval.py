@@ -13,9 +13,24 @@ when the gallery is shuffled).
 Metrics (``t2v_`` and ``v2t_`` prefixes): ``R1``, ``R5``, ``R10`` (percent of queries with rank
 <= K), ``MdR`` (median rank; the mean of the two middle ranks for an even count) and ``MnR``
 (mean rank).
+
+Two protocols (``PROTOCOLS``; a captions card picks one with ``retrieval_protocol``):
+
+- ``vlcofit`` (default): the above.
+- ``clip4clip``: CLIP4Clip's ``metrics.py`` and its evaluation loop, which X-CLIP, TS2-Net and
+  most video-text papers reuse, so the numbers they publish on MSR-VTT, DiDeMo, ActivityNet and
+  MSVD are these. With one caption per video (MSR-VTT 1k-A, DiDeMo and ActivityNet paragraphs)
+  it is ``compute_metrics`` on the square matrix: a query whose correct score ties with others is
+  counted once per tied position (so the query count grows), and MdR is numpy's median. With
+  several captions per video (MSVD, full MSR-VTT) text->video ranks come from a double
+  ``argsort`` (ties broken by gallery position: the numbers change when the gallery is
+  shuffled), R@K is computed in float32 and MdR is the lower middle rank; video->text ranks a
+  video's group of captions among the groups, each scored by its best caption (not its best
+  caption among all captions).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 RECALLS = (1, 5, 10)
@@ -69,11 +84,78 @@ def rank_metrics(ranks: torch.Tensor, prefix: str) -> dict[str, float]:
     return out
 
 
-def retrieval_metrics(sim: torch.Tensor, video_of: torch.Tensor) -> dict[str, float]:
+PROTOCOLS = {  # the choices of a captions card's `retrieval_protocol` (module docstring)
+    "vlcofit": "tie-robust ranks (ties count against the answer), usual median",
+    "clip4clip": "CLIP4Clip's metrics.py, as most published video-text results",
+}
+
+
+def retrieval_metrics(sim: torch.Tensor, video_of: torch.Tensor,
+                      protocol: str = "vlcofit") -> dict[str, float]:
     """Similarities [Q, V] (caption x video) and each caption's video index [Q] -> text->video
-    and video->text metrics (module docstring), keys ``t2v_R1`` ... ``v2t_MnR``."""
+    and video->text metrics under ``protocol`` (module docstring), keys ``t2v_R1`` ...
+    ``v2t_MnR``."""
+    if protocol == "clip4clip":
+        return clip4clip_metrics(sim, video_of)
+    if protocol != "vlcofit":
+        raise ValueError(f"unknown retrieval protocol {protocol!r} (choose from "
+                         f"{', '.join(PROTOCOLS)})")
     return {**rank_metrics(t2v_ranks(sim, video_of), "t2v_"),
             **rank_metrics(v2t_ranks(sim, video_of), "v2t_")}
+
+
+def clip4clip_metrics(sim: torch.Tensor, video_of: torch.Tensor) -> dict[str, float]:
+    """CLIP4Clip's protocol (module docstring). Its loop holds each video's captions in one
+    block, videos in gallery order: the captions are put in that order first (stable)."""
+    _check(sim, video_of)
+    q, v = sim.shape
+    video_of = video_of.long()
+    counts = torch.bincount(video_of, minlength=v)
+    if q == 0 or (counts == 0).any():
+        raise ValueError("the clip4clip protocol needs at least one caption for every video")
+    sim = sim.detach().float().cpu()[torch.argsort(video_of, stable=True)]
+    if bool((counts == 1).all()):  # its single-sentence path: caption i describes video i
+        square = sim.numpy()
+        return {**_prefixed(_compute_metrics(square), "t2v_"),
+                **_prefixed(_compute_metrics(square.T), "v2t_")}
+    # its multi-sentence path: [video, caption slot, video], padded with -inf
+    slots = torch.cat([torch.arange(int(n)) for n in counts])
+    stacked = sim.new_full((v, int(counts.max()), v), float("-inf"))
+    stacked[torch.repeat_interleave(torch.arange(v), counts), slots] = sim
+    t2v = _multi_sentence_t2v(stacked)
+    best = stacked.nan_to_num(nan=float("-inf")).max(dim=1).values  # [group, video]
+    return {**t2v, **_prefixed(_compute_metrics(best.T.numpy()), "v2t_")}
+
+
+def _compute_metrics(x: np.ndarray) -> dict[str, float]:
+    """Square [query, candidate] scores, the correct one on the diagonal: every position of the
+    sorted row that ties with the correct score is one entry (CLIP4Clip's ``compute_metrics``)."""
+    diff = np.sort(-x, axis=1) - np.diag(-x)[:, None]
+    pos = np.where(diff == 0)[1]  # 0-based positions
+    n = len(pos)
+    out = {f"R{k}": float(np.sum(pos < k)) * 100 / n for k in RECALLS}
+    out["MdR"] = float(np.median(pos) + 1)
+    out["MnR"] = float(np.mean(pos) + 1)
+    return out
+
+
+def _multi_sentence_t2v(stacked: torch.Tensor) -> dict[str, float]:
+    """[video, slot, video] -> text->video metrics: rank by position in a descending argsort,
+    padding (-inf) and NaN scores dropped."""
+    per_slot = stacked.permute(1, 0, 2)  # [slot, query video, candidate video]
+    order = torch.argsort(per_slot, dim=-1, descending=True)
+    positions = torch.argsort(order, dim=-1)
+    ranks = torch.diagonal(positions, dim1=1, dim2=2).flatten()  # [slot * video], 0-based
+    correct = torch.diagonal(stacked, dim1=0, dim2=2).flatten()  # same order
+    ranks = ranks[~(torch.isinf(correct) | torch.isnan(correct))]
+    out = {f"t2v_R{k}": float(torch.sum(ranks < k) * 100 / len(ranks)) for k in RECALLS}
+    out["t2v_MdR"] = float(torch.median(ranks + 1))  # torch: the lower middle value
+    out["t2v_MnR"] = float(np.mean(ranks.numpy() + 1))
+    return out
+
+
+def _prefixed(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    return {prefix + k: v for k, v in metrics.items()}
 
 
 def _check(sim: torch.Tensor, video_of: torch.Tensor) -> None:

@@ -6,7 +6,6 @@ which normalisation the images need) stays in this file.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -21,6 +20,7 @@ from torchvision.transforms.v2 import functional as TF
 from .. import resources
 from ..config import ModelConfig
 from ..errors import InputError
+from .model_json import check_open_clip_json, check_safetensors, read_model_json
 from .notices import WeightsUnavailable
 
 logger = logging.getLogger(__name__)
@@ -32,10 +32,14 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 @dataclass(frozen=True)
 class TowerDepth:
     """How one tower's parameter names map to depth: ``embed`` (names or module prefixes) at 0,
-    block i (``block``: a regex whose group 1 is i) at i + 1, ``head`` at L + 1."""
+    block i (``block``: a regex whose group 1 is i) at i + 1, ``final`` (the norm after the
+    last block) at L with it, ``head`` (projection, pooler) at L + 1. timm's rule
+    (``param_groups_layer_decay``: its ``group_matcher`` merges the final norm into the last
+    block's group), so every tower, open_clip's and HF's included, decays as timm's would."""
     embed: tuple[str, ...]
     block: str
     head: tuple[str, ...]
+    final: tuple[str, ...] = ()
 
 
 def _under(name: str, prefixes: tuple[str, ...]) -> bool:
@@ -50,6 +54,8 @@ def spec_depth(spec: TowerDepth, name: str, num_layers) -> int | None:
         return int(found.group(1)) + 1
     if _under(name, spec.embed):
         return 0
+    if _under(name, spec.final):
+        return num_layers()
     return num_layers() + 1 if _under(name, spec.head) else None
 
 
@@ -107,12 +113,12 @@ class Backbone(nn.Module):
     def reinit_last(self, n: int) -> list[str]:
         """Re-initialise the last ``n`` image-tower blocks as the architecture initialises them;
         returns the names (within this module) of the re-initialised parameters."""
-        depths = {("image", d) for d in range(self.num_layers("image") - n + 1,
-                                              self.num_layers("image") + 1)}  # block i: i + 1
-        names = [k for k, _ in self.named_parameters() if self.depth_of(k) in depths]
-        blocks = self.image_blocks()
+        blocks = self.image_blocks()[len(self.image_blocks()) - n:]
+        # the blocks' own tensors: the final norm shares the last block's depth, not its init
+        own = {id(p) for block in blocks for p in block.parameters()}
+        names = [k for k, p in self.named_parameters() if id(p) in own]
         with torch.no_grad():
-            for block in blocks[len(blocks) - n:]:
+            for block in blocks:
                 self._init_block(block)
         return names
 
@@ -179,7 +185,7 @@ class OpenCLIPImage:
     encoding, depths. :class:`vlcofit.models.timm_tower.TimmImage` is the same interface for a
     timm image tower. Names are within ``visual``."""
     depth = TowerDepth(("conv1", "class_embedding", "positional_embedding", "ln_pre"),
-                       r"transformer\.resblocks\.(\d+)\.", ("ln_post", "proj"))
+                       r"transformer\.resblocks\.(\d+)\.", ("proj",), final=("ln_post",))
     embeddings = ("class_embedding", "positional_embedding")
 
     def __init__(self, visual: nn.Module):
@@ -224,7 +230,7 @@ class OpenCLIPBackbone(Backbone):
     towers = {
         "text": TowerDepth(("clip.token_embedding", "clip.positional_embedding"),
                            r"clip\.transformer\.resblocks\.(\d+)\.",
-                           ("clip.ln_final", "clip.text_projection")),
+                           ("clip.text_projection",), final=("clip.ln_final",)),
     }
     embeddings = ("clip.positional_embedding", "clip.token_embedding.weight")
 
@@ -239,7 +245,7 @@ class OpenCLIPBackbone(Backbone):
             self.towers = {"text": TowerDepth(
                 ("clip.text.token_embedding", "clip.text.positional_embedding", "clip.text.cls_emb"),
                 r"clip\.text\.transformer\.resblocks\.(\d+)\.",
-                ("clip.text.ln_final", "clip.text.text_projection"))}
+                ("clip.text.text_projection",), final=("clip.text.ln_final",))}
             self.embeddings = ("clip.text.positional_embedding", "clip.text.token_embedding.weight",
                                "clip.text.cls_emb")
         proj = getattr(model, "text_projection", None)  # None: a Hugging Face text tower
@@ -335,10 +341,8 @@ def _build_open_clip(cfg: ModelConfig) -> Backbone:
             not name.startswith(("hf-hub:", "local-dir:")) and name not in open_clip.list_models()):
         # A model-config JSON (shipped under configs/models or a path): register it by stem.
         path = resources.find("models", name)
-        try:
-            spec = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}: invalid model-config JSON: {e}") from None
+        spec = read_model_json(path)
+        check_open_clip_json(spec, path)  # user input: types and shapes before open_clip reads it
         open_clip.add_model_config(path)
         from . import hf_text
         if hf_text.is_hf_text(spec):  # a Hugging Face text encoder: resolved and checked first
@@ -349,6 +353,8 @@ def _build_open_clip(cfg: ModelConfig) -> Backbone:
         if any(ch in pretrained for ch in "/\\.") and not name.startswith("hf-hub:"):
             raise InputError(f"model.pretrained: weights file {pretrained} does not exist")
         _check_open_clip_tag(name, pretrained, cfg.cache_dir)
+    elif pretrained and pretrained.endswith(".safetensors"):
+        check_safetensors(Path(pretrained), "model.pretrained")
     elif name.startswith("hf-hub:") and not _hub_reachable():
         raise InputError(f"model.name: {name} needs huggingface.co, which cannot be reached; "
                          f"download the repo and use local-dir:/path/to/folder")

@@ -7,18 +7,19 @@ patch inputs with attention masks) is not among them: use open_clip's timm-based
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 
 from .. import resources
 from ..config import ModelConfig
 from ..errors import InputError
 from .backbones import OPENAI_MEAN, OPENAI_STD, Backbone, TowerDepth, _hub_reachable
+from .model_json import check_hf_json, check_safetensors, read_model_json
 from .notices import WeightsUnavailable
 
 logger = logging.getLogger(__name__)
@@ -30,10 +31,12 @@ class HFCLIPBackbone(Backbone):
     towers = {
         "image": TowerDepth(("clip.vision_model.embeddings", "clip.vision_model.pre_layrnorm"),
                             r"clip\.vision_model\.encoder\.layers\.(\d+)\.",
-                            ("clip.vision_model.post_layernorm", "clip.visual_projection")),
+                            ("clip.visual_projection",),
+                            final=("clip.vision_model.post_layernorm",)),
         "text": TowerDepth(("clip.text_model.embeddings",),
                            r"clip\.text_model\.encoder\.layers\.(\d+)\.",
-                           ("clip.text_model.final_layer_norm", "clip.text_projection")),
+                           ("clip.text_projection",),
+                           final=("clip.text_model.final_layer_norm",)),
     }
     embeddings = ("clip.vision_model.embeddings.class_embedding",
                   "clip.vision_model.embeddings.position_embedding.weight",
@@ -118,10 +121,12 @@ class HFSiglipBackbone(HFCLIPBackbone):
     towers = {
         "image": TowerDepth(("clip.vision_model.embeddings",),
                             r"clip\.vision_model\.encoder\.layers\.(\d+)\.",
-                            ("clip.vision_model.post_layernorm", "clip.vision_model.head")),
+                            ("clip.vision_model.head",),
+                            final=("clip.vision_model.post_layernorm",)),
         "text": TowerDepth(("clip.text_model.embeddings",),
                            r"clip\.text_model\.encoder\.layers\.(\d+)\.",
-                           ("clip.text_model.final_layer_norm", "clip.text_model.head")),
+                           ("clip.text_model.head",),
+                           final=("clip.text_model.final_layer_norm",)),
     }
     embeddings = ("clip.vision_model.embeddings.position_embedding.weight",
                   "clip.vision_model.head.probe",
@@ -160,7 +165,7 @@ def _architectures() -> dict:
 
 def _architecture(model_type: str | None, where: str):
     known = _architectures()
-    if model_type not in known:
+    if not isinstance(model_type, str) or model_type not in known:
         raise InputError(f"{where}: model_type {model_type!r} is not supported by backbone hf "
                          f"(supported: {', '.join(known)})")
     return known[model_type]
@@ -177,15 +182,15 @@ def _clip_tokenizer(context_length: int, vocab_size: int, where: str):
 
 def _from_json(name: str) -> Backbone:
     """A config JSON: a randomly initialised model (tests, custom sizes)."""
+    from huggingface_hub.errors import StrictDataclassError
+
     path = resources.find("models", name)
-    try:
-        spec = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: invalid JSON: {e}") from None
+    spec = read_model_json(path)
     config_cls, model_cls, backbone_cls = _architecture(spec.get("model_type", "clip"), str(path))
+    check_hf_json(spec, path, config_cls.sub_configs)  # user input: before transformers reads it
     try:
         config = config_cls.from_dict(spec)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, StrictDataclassError) as e:
         raise InputError(f"{path}: not a valid {config_cls.__name__} JSON: {e}") from None
     model = model_cls(config)
     if getattr(model, "logit_bias", None) is not None:
@@ -213,11 +218,13 @@ def build_hf(cfg: ModelConfig) -> Backbone:
             f"Download it on a machine with network (huggingface-cli download {name} --local-dir DIR) "
             f"and pass it", "name", "DIR")
     source = str(local) if local.is_dir() else name
+    for file in sorted(local.glob("*.safetensors")) if local.is_dir() else ():
+        check_safetensors(file, f"model.name: {name}")  # names the file, unlike transformers
     try:
         model_type = AutoConfig.from_pretrained(source, cache_dir=cfg.cache_dir).model_type
         _, model_cls, backbone_cls = _architecture(model_type, f"model.name: {name}")
         model = model_cls.from_pretrained(source, cache_dir=cfg.cache_dir)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
         raise InputError(f"model.name: cannot load a CLIP or SigLIP model from {name}: {e}") from None
     tokenizer = _hf_tokenizer(source, local, cfg.cache_dir)
     if tokenizer is None:

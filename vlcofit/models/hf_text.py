@@ -35,6 +35,7 @@ from .backbones import (
     TowerDepth,
     _hub_reachable,
 )
+from .model_json import check_safetensors
 from .notices import expected_load_report
 
 logger = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ def check_text_tower(folder: Path, tok_folder: Path, field: str, weights: bool,
         tokenizer = HFTokenizer(str(tok_folder), context_length=context_length)
     except (OSError, ValueError, TypeError) as e:
         raise InputError(f"{field}: cannot load the tokenizer of {tok_folder}: {e}") from None
-    rows = _embedding_rows(folder) if weights else None
+    rows = _embedding_rows(folder, field) if weights else None
     vocab = int(getattr(config, "vocab_size", 0) or 0)
     if rows is not None and rows != vocab:
         raise InputError(f"{field}: {folder}: the weights' token embedding has {rows} rows but "
@@ -163,23 +164,35 @@ def _check_vocab(tokens: int, rows: int, folder: Path, field: str) -> None:
                          f"embedding {rows} rows: the tokenizer and the weights disagree")
 
 
-def _embedding_rows(folder: Path) -> int | None:
-    """Rows of the token-embedding tensor, read from the safetensors header (None: not found)."""
+def _embedding_rows(folder: Path, field: str) -> int | None:
+    """Rows of the token-embedding tensor, read from the safetensors header (None: not found).
+    Every safetensors file of the folder is checked readable on the way (headers only)."""
     from safetensors import safe_open
 
     files = [folder / "model.safetensors"]
     index = folder / "model.safetensors.index.json"
     if index.is_file():
+        files = [folder / f for f in dict.fromkeys(_weight_map(index, field).values())]
+    rows = None
+    for file in filter(Path.is_file, files):
+        check_safetensors(file, field)  # here, not inside transformers' load: names the file
+        if rows is None:
+            with safe_open(str(file), framework="pt") as f:
+                keys = [k for k in f.keys() if k.endswith(_EMBEDDING_KEYS)]
+                rows = int(f.get_slice(keys[0]).get_shape()[0]) if keys else None
+    return rows
+
+
+def _weight_map(index: Path, field: str) -> dict:
+    """The ``weight_map`` (tensor -> shard file name) of a sharded checkpoint's index."""
+    try:
         weight_map = json.loads(index.read_text()).get("weight_map", {})
-        files = [folder / f for k, f in weight_map.items() if k.endswith(_EMBEDDING_KEYS)][:1]
-    for file in files:
-        if not file.is_file():
-            continue
-        with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():
-                if key.endswith(_EMBEDDING_KEYS):
-                    return int(f.get_slice(key).get_shape()[0])
-    return None
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise InputError(f"{field}: {index} is not a safetensors index (JSON with a "
+                         f"weight_map): {e}") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+        raise InputError(f"{field}: {index}: weight_map must map tensor names to file names")
+    return weight_map
 
 
 # --------------------------------------------------------------------------- backbone
@@ -198,8 +211,9 @@ def _layer_list(text: nn.Module) -> nn.ModuleList | None:
 class HFTextCLIPBackbone(OpenCLIPBackbone):
     """open_clip image tower + Hugging Face text encoder (``clip.text``: ``HFTextEncoder``).
 
-    Text depths: the encoder's embeddings 0, block i (``encoder.layer.i``) i + 1, everything
-    after the blocks (pooler, final norms, the projection ``clip.text.proj``) L + 1.
+    Text depths: the encoder's embeddings 0, block i (``encoder.layer.i``) i + 1, a final norm
+    after the blocks L (with the last block, timm's rule), everything else after the blocks
+    (pooler, the projection ``clip.text.proj``) L + 1.
     ``text_loaded``: the encoder's weights were read from its folder (the projection is new).
     """
 
@@ -222,7 +236,12 @@ class HFTextCLIPBackbone(OpenCLIPBackbone):
             embed = embed or paths.get(id(text.transformer.get_input_embeddings()), "")
             head = tuple(n for n in params
                          if not n.startswith((block + ".", embed + ".")))
-            self.towers["text"] = TowerDepth((embed,), re.escape(block) + r"\.(\d+)\.", head)
+            norms = {f"{paths[id(m)]}.{k}" for m in text.modules() if _is_norm(m)
+                     for k, _ in m.named_parameters(recurse=False)}
+            self.towers["text"] = TowerDepth(
+                (embed,), re.escape(block) + r"\.(\d+)\.",
+                tuple(n for n in head if n not in norms),
+                final=tuple(n for n in head if n in norms))
 
     def num_layers(self, tower: str) -> int:
         if tower == "image":
@@ -278,10 +297,12 @@ def _check_projection(text: dict, folder: Path, embed_dim: int, field: str) -> N
         return
     if kind is not None:
         raise InputError(f"{field}.hf_proj_type: {kind!r} is not linear, mlp or null (none)")
-    config = json.loads((folder / "config.json").read_text()) if \
-        (folder / "config.json").is_file() else {}
-    width = config.get("hidden_size", config.get("d_model"))
-    if width is not None and int(width) != embed_dim:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):  # missing or broken: check_text_tower, next, says which
+        config = {}
+    width = config.get("hidden_size", config.get("d_model")) if isinstance(config, dict) else None
+    if isinstance(width, int) and width != embed_dim:
         raise InputError(f"{field}.hf_proj_type: null (no projection) needs embed_dim == the "
                          f"encoder's width {width} ({folder}), not {embed_dim}; or use linear")
 
@@ -295,6 +316,8 @@ def build_hf_text_clip(cfg: ModelConfig, path: Path, spec: dict) -> HFTextCLIPBa
     if cfg.pretrained and not Path(cfg.pretrained).is_file():
         raise InputError(f"model.pretrained: weights file {cfg.pretrained} does not exist (a "
                          f"model-config JSON has no pretrained tags)")
+    if cfg.pretrained and cfg.pretrained.endswith(".safetensors"):
+        check_safetensors(Path(cfg.pretrained), "model.pretrained")
     try:  # text_cfg as a keyword: open_clip's last override of the registered config
         with expected_load_report():
             model, _, preprocess = open_clip.create_model_and_transforms(
@@ -311,3 +334,8 @@ def build_hf_text_clip(cfg: ModelConfig, path: Path, spec: dict) -> HFTextCLIPBa
                 else "from model.pretrained")
     return HFTextCLIPBackbone(model, tokenizer, mean, std, pretrained=bool(cfg.pretrained),
                               text_loaded=bool(text_cfg["hf_model_pretrained"]))
+
+
+def _is_norm(module: nn.Module) -> bool:
+    """A normalisation layer (LayerNorm, RMSNorm and the models' own *Norm classes)."""
+    return isinstance(module, (nn.LayerNorm, nn.RMSNorm)) or type(module).__name__.endswith("Norm")

@@ -52,7 +52,8 @@ class CaptionsTask:
                  max_batches: int | None) -> dict[str, float]:
         from ..eval_retrieval import evaluate_retrieval
         return evaluate_retrieval(accelerator, model, loader, card.name, card.root,
-                                  out_dir=out_dir, max_batches=max_batches)
+                                  out_dir=out_dir, max_batches=max_batches,
+                                  protocol=card.retrieval_protocol)
 
 
 def encode_captions(model, captions: Sequence[str]) -> torch.Tensor:
