@@ -155,8 +155,9 @@ def make_data(out: Path, labelmap: dict, n_keyframes: int, seed: int = 0, person
     higher for the person's true actions; scores rounded to ``decimals``. Every 50th keyframe
     has no actions (a 2-column ground-truth row), every 97th only detections; excl.csv (for the
     activitynet-2019 protocol) lists every 89th."""
-    from vlcofit.data.ava_formats import AvaTable, write_detections, write_groundtruth, \
-        write_labelmap_pbtxt
+    from vlcofit.data.ava_formats import (
+        AvaTable, write_detections, write_groundtruth, write_labelmap_pbtxt,
+    )
     rng = np.random.default_rng(seed)
     ids = np.array(sorted(labelmap))
     n_vid = max(1, n_keyframes // 100)

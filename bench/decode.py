@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from vlcofit.data.sampling import dense_indices, tsn_indices
-from vlcofit.data.synthetic import write_video
+from vlcofit.data.synthetic.clips import write_video
 from vlcofit.data.video import BACKENDS, backend_available, open_video
 
 FPS, SECONDS, WIDTH, HEIGHT, GOP = 30, 10, 320, 240, 250

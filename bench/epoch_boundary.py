@@ -26,7 +26,7 @@ WINDOW = 10
 def step_times(run: Path, batch: int) -> list[float]:
     """Seconds per step (one process), from each step's logged rate: the wall time since the
     previous log, data waits included."""
-    from vlcofit.runinfo import read_metrics
+    from vlcofit.run.records import read_metrics
     rows = read_metrics(run / "metrics.jsonl")
     return [batch / r["train/clips_per_s"] for r in rows if "train/clips_per_s" in r]
 
@@ -38,9 +38,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args()
-    from vlcofit.config import load_experiment
-    from vlcofit.data.synthetic import make_demo_dataset
-    from vlcofit.train import train
+    from vlcofit.experiment import load_experiment
+    from vlcofit.data.synthetic.demo import make_demo_dataset
+    from vlcofit.train.loop import train
 
     root = Path(tempfile.mkdtemp(prefix="vlcofit_epochs_"))
     data = make_demo_dataset(root / "data", per_class_train=8, per_class_val=1)  # 64 clips

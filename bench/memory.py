@@ -39,7 +39,7 @@ def child(args) -> None:
     import torch
     import torch.nn.functional as F
 
-    from vlcofit.config import ModelConfig
+    from vlcofit.config.schema import ModelConfig
     from vlcofit.models.video import build_model
 
     torch.manual_seed(0)

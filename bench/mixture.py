@@ -4,7 +4,7 @@
 
 Each dataset has its own classes (the label space grows with the mixture), its own batches and
 its own rows of the shared text-embedding matrix; the step is vlcofit's `_optimizer_step`, the
-dataset of each step drawn by `vlcofit.mixture.plan`. Data loading is left out (in-memory
+dataset of each step drawn by `vlcofit.data.mixture.plan`. Data loading is left out (in-memory
 batches) so the table shows the mixture's own overhead. It also counts text-tower calls: with the
 text tower frozen the class embeddings of all datasets are computed once per run.
 Target: <= 1.05x the single-dataset step.
@@ -20,12 +20,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from vlcofit.config import DatasetCard, ExperimentConfig, ModelConfig, TrainConfig
-from vlcofit.mixture import plan
+from vlcofit.config.schema import DatasetCard, ExperimentConfig, ModelConfig, TrainConfig
+from vlcofit.data.mixture import plan
 from vlcofit.models.video import build_model
-from vlcofit.optim import build_optimizer
+from vlcofit.train.optim import build_optimizer
 from vlcofit.tasks import TASKS
-from vlcofit.train import _optimizer_step, make_accelerator
+from vlcofit.train.loop import _optimizer_step
+from vlcofit.train.accelerator import make_accelerator
 
 
 def run(k: int, args) -> tuple[float, int]:

@@ -50,7 +50,7 @@ def synthetic_rate(args) -> float:
 def pipeline_rate(args, data: Path, run: Path, decoder: str, workers: int) -> float:
     """Median clips/s of the 5-step log windows of `vlcofit train` reading the mp4s, after
     the first SKIP steps."""
-    from vlcofit.runinfo import read_metrics
+    from vlcofit.run.records import read_metrics
     sets = [f"datasets.demo.root={data}", f"datasets.demo.decoder={decoder}",
             f"output_dir={run}", f"model.name={args.model}", "model.train_text=false",
             f"train.batch_size={args.batch}", f"train.steps={args.steps + SKIP}",
@@ -78,7 +78,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--data", help="where to generate the videos (kept; default: a temp folder)")
     args = p.parse_args()
-    from vlcofit.data.synthetic import DEMO_CLASSES, make_demo_dataset
+    from vlcofit.data.synthetic.clips import DEMO_CLASSES
+    from vlcofit.data.synthetic.demo import make_demo_dataset
 
     root = Path(args.data or tempfile.mkdtemp(prefix="vlcofit_pipeline_"))
     per_class = max(1, args.clips // len(DEMO_CLASSES))

@@ -37,12 +37,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from vlcofit.config import ExperimentConfig, ModelConfig, TrainConfig
+from vlcofit.config.schema import ExperimentConfig, ModelConfig, TrainConfig
 from vlcofit.models.video import build_model, compile_image_blocks
-from vlcofit.optim import attach_l2sp, build_optimizer
-from vlcofit.prompts import read_templates
+from vlcofit.train.optim import attach_l2sp, build_optimizer
+from vlcofit.text.prompts import read_templates
 from vlcofit.tasks import TASKS
-from vlcofit.train import _optimizer_step, make_accelerator
+from vlcofit.train.loop import _optimizer_step
+from vlcofit.train.accelerator import make_accelerator
 
 # Dense bf16/fp16 tensor-core peaks (TFLOP/s) from NVIDIA's data sheets, by a substring of the
 # device name, most specific first. No MFU for fp32: its peak depends on whether TF32 is enabled.

@@ -29,9 +29,10 @@ import json, sys, time
 if __name__ == "__main__":
     start = time.perf_counter()
     import torch
-    from vlcofit.config import load_experiment
-    from vlcofit.experiment import build_dataset, build_labels, build_loader
-    from vlcofit.models.backbones import build_backbone
+    from vlcofit.experiment import load_experiment
+    from vlcofit.experiment import build_dataset, build_labels
+    from vlcofit.data.loading import build_loader
+    from vlcofit.models.backbones.factory import build_backbone
     data, method, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
     cfg = load_experiment("demo", [f"datasets.demo.root={data}"])
     labels = build_labels(cfg)
@@ -63,7 +64,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
-    from vlcofit.data.synthetic import make_demo_dataset
+    from vlcofit.data.synthetic.demo import make_demo_dataset
 
     root = Path(tempfile.mkdtemp(prefix="vlcofit_workers_"))
     data = make_demo_dataset(root / "data", per_class_train=1, per_class_val=10)

@@ -3,7 +3,7 @@ the first (decoding) zero-shot pass, as a ratio.
 
 Writes ``--videos`` distinct camera-like h264 videos (320x240, 30 fps, ``--seconds`` long, GOP
 250, like Kinetics clips) and a ``path,label`` manifest of ``--rows`` rows cycling over them
-(labels: the demo classes), then times whole :func:`vlcofit.zeroshot.run_zero_shot` calls in
+(labels: the demo classes), then times whole :func:`vlcofit.protocols.zeroshot.run_zero_shot` calls in
 one process (model construction, weight fingerprint, text embeddings and scoring included;
 Python start-up and imports not):
 
@@ -27,9 +27,9 @@ from pathlib import Path
 
 from decode import FPS, HEIGHT, WIDTH, make_videos  # bench/decode.py: the same camera-like videos
 
-from vlcofit.config import ModelConfig
-from vlcofit.data.synthetic import DEMO_CLASSES
-from vlcofit.zeroshot import run_zero_shot
+from vlcofit.config.schema import ModelConfig
+from vlcofit.data.synthetic.clips import DEMO_CLASSES
+from vlcofit.protocols.zeroshot import run_zero_shot
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
 """Test setup: no network, no pretrained weights, tiny models only."""
 import os
+import socket
 import subprocess
 import sys
 
@@ -12,9 +13,17 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 import pytest
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now (the OS picks it), for a process group's rendezvous:
+    fixed ports collide when two suites run on one machine."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture
 def launch_two():
-    """``launch_two(args, port)`` runs ``args`` (a script path, or ``-m vlcofit ...``) in two
+    """``launch_two(args)`` runs ``args`` (a script path, or ``-m vlcofit ...``) in two
     real CPU processes through ``accelerate launch`` and fails the test with the tail of stderr
     unless both exit 0. (GUIDE: ``--cpu --num_processes 2`` would silently run one process;
     ``--multi_gpu`` with ``ACCELERATE_USE_CPU=1`` runs two on gloo.)
@@ -23,10 +32,11 @@ def launch_two():
     under load, a rank still aborted ("terminate called without an active exception") after
     its work, its atexit handlers and the process group's destruction had all finished, i.e. in
     C++ teardown at interpreter exit. The scripts check the work, not that teardown."""
-    def run(args, port: int, env: dict | None = None, timeout: int = 300):
+    def run(args, env: dict | None = None, timeout: int = 300):
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
                "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-               "--dynamo_backend", "no", "--main_process_port", str(port), *map(str, args)]
+               "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+               *map(str, args)]
         # no GPU either on a GPU host: rank 1 would otherwise look for cuda:1
         full_env = dict(os.environ, ACCELERATE_USE_CPU="1", CUDA_VISIBLE_DEVICES="",
                         OMP_NUM_THREADS="1", **(env or {}))
@@ -56,3 +66,26 @@ def run_group(cmd, env: dict, timeout: float) -> subprocess.CompletedProcess:
         proc.communicate()
         raise
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+# Fixtures and calls that make a test multiprocess / slow (pyproject.toml's markers): read from
+# each test's own source once at collection, so no test has to remember its marker.
+_MULTIPROCESS = ("launch_two", "run_group(", "accelerate.commands.launch", "subprocess.run(")
+_TRAINS = ("train(", '"train"', '"demo"', '"sweep"', '"compare"', '"few-shot"', "few_shot(",
+           "sweep(", "advise(", '"advise"')
+
+
+def pytest_collection_modifyitems(items):
+    import inspect
+
+    for item in items:
+        try:
+            source = inspect.getsource(item.function)
+        except (OSError, TypeError):
+            continue
+        fixtures = getattr(item, "fixturenames", ())
+        multiprocess = "launch_two" in fixtures or any(m in source for m in _MULTIPROCESS)
+        if multiprocess:
+            item.add_marker(pytest.mark.multiprocess)
+        if multiprocess or any(t in source for t in _TRAINS):
+            item.add_marker(pytest.mark.slow)

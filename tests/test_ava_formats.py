@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from vlcofit.data import ava_csv
-from vlcofit.data.ava_formats import (AvaTable, group_boxes, read_detections, read_exclusions,
-                                      read_groundtruth, read_labelmap, read_proposals,
-                                      validate_proposal_keys, write_detections, write_groundtruth,
-                                      write_labelmap_pbtxt)
+from vlcofit.data.ava_formats import (
+    AvaTable, group_boxes, read_detections, read_exclusions, read_groundtruth, read_labelmap,
+    read_proposals, validate_proposal_keys, write_detections, write_groundtruth,
+    write_labelmap_pbtxt,
+)
 from vlcofit.errors import InputError
 
 PBTXT = """item {

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vlcofit.data.ava_formats import AvaTable, write_detections, write_groundtruth, \
-    write_labelmap_pbtxt
+from vlcofit.data.ava_formats import (
+    AvaTable, write_detections, write_groundtruth, write_labelmap_pbtxt,
+)
 from vlcofit.metrics import ava
 from vlcofit.metrics.ava import ACTIVITYNET_2019, evaluate, evaluate_files
 
@@ -160,7 +161,7 @@ def test_class_with_ground_truth_but_no_detections_scores_zero() -> None:
 
 
 def test_empty_detections_file_warns(tmp_path, caplog, capsys) -> None:
-    from vlcofit.cli import main
+    from vlcofit.cli.main import main
     paths = _write(tmp_path, "v,0902,0.1,0.1,0.4,0.6,1,0\n", "")
     with caplog.at_level(logging.WARNING, logger="vlcofit.metrics.ava"):
         result = evaluate_files(*paths)
@@ -192,7 +193,7 @@ def test_excluded_keyframes_are_ignored() -> None:
 
 
 def test_exclusions_file_under_either_protocol(tmp_path, capsys) -> None:
-    from vlcofit.cli import main
+    from vlcofit.cli.main import main
     paths = _write(tmp_path, "v,0902,0.1,0.1,0.4,0.6,1,0\nv,0903,0.1,0.1,0.4,0.6,1,1\n",
                    "v,0902,0.1,0.1,0.4,0.6,1,0.9\nv,0903,0.0,0.7,0.2,0.9,1,0.95\n")
     (tmp_path / "excl.csv").write_text("v,0903\n")

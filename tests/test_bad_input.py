@@ -1,6 +1,6 @@
 """Bad input gets a clear error, never a traceback: table-driven CLI cases.
 
-Each case runs ``vlcofit.cli.main`` in-process and checks exit code 2 (InputError, or argparse's
+Each case runs ``vlcofit.cli.main.main`` in-process and checks exit code 2 (InputError, or argparse's
 usage error), that stderr names the file / field / ``--set`` item and what is wrong, and that no
 traceback is printed. Almost all cases fail while the config or the arguments are read; the
 checkpoint and data cases share one tiny trained run (one step on 16 generated videos).
@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from vlcofit.cli import main
-from vlcofit.data.synthetic import make_demo_dataset
+from vlcofit.cli.main import main
+from vlcofit.data.synthetic.demo import make_demo_dataset
 
 
 class Evil:
@@ -301,7 +301,7 @@ def _boxes_run(tmp_path: Path) -> Path:
     import numpy as np
     from test_predict import fake_run
 
-    from vlcofit.data.synthetic import render_clip, write_video
+    from vlcofit.data.synthetic.clips import render_clip, write_video
     run = tmp_path / "ava_run"
     fake_run(run, "demo_ava")
     frames = render_clip("growing", np.random.default_rng(0), size=64, num_frames=16)
@@ -325,7 +325,7 @@ def test_box_times_outside_the_video(tmp_path, capsys, time, message):
 
 
 def test_zero_shot_protocols_are_checked_before_decoding(data, tmp_path, capsys, monkeypatch):
-    import vlcofit.zeroshot as zs
+    import vlcofit.protocols.zeroshot as zs
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("videos decoded before the arguments were checked")

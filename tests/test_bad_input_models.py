@@ -14,7 +14,7 @@ import pytest
 from test_bad_input import _sets, run_cli
 from test_text_towers import write_bert, write_json
 
-from vlcofit.data.synthetic import make_demo_dataset
+from vlcofit.data.synthetic.demo import make_demo_dataset
 
 CONFIGS = Path(__file__).parents[1] / "configs" / "models"
 QUICK = ("train.steps=1", "train.batch_size=2", "train.num_workers=0", "train.eval_every=0",

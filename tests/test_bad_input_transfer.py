@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import vlcofit.sweep as sweep_mod
-from vlcofit.data.synthetic import make_demo_dataset
+import vlcofit.protocols.sweep as sweep_mod
+from vlcofit.data.synthetic.demo import make_demo_dataset
 from test_bad_input import _sets, run_cli
 
 QUICK = ("train.steps=1", "train.batch_size=2", "train.num_workers=0", "train.eval_every=0",

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlcofit.config import ModelConfig
+from vlcofit.config.schema import ModelConfig
 from vlcofit.errors import InputError
-from vlcofit.losses import multilabel_loss
+from vlcofit.models.losses import multilabel_loss
 from vlcofit.models.boxes import MAX_SCALE, BoxHead
 from vlcofit.models.video import build_model
 

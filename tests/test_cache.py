@@ -8,12 +8,12 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from vlcofit.cache import FeatureCache, cached_features, default_cache_dir, model_fingerprint
-from vlcofit.config import ModelConfig
-from vlcofit.data.synthetic import make_demo_dataset
+from vlcofit.eval.cache import FeatureCache, cached_features, default_cache_dir, model_fingerprint
+from vlcofit.config.schema import ModelConfig
+from vlcofit.data.synthetic.demo import make_demo_dataset
 from vlcofit.experiment import build_dataset
-from vlcofit.prompts import read_class_list
-from vlcofit.zeroshot import load_scoring_model, manifest_card, run_zero_shot
+from vlcofit.text.prompts import read_class_list
+from vlcofit.protocols.zeroshot import load_scoring_model, manifest_card, run_zero_shot
 
 TINY = ModelConfig(name="tiny", temporal="transformer")
 

@@ -11,17 +11,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from vlcofit.config import DatasetCard, load_card, load_experiment
+from vlcofit.config.schema import DatasetCard
+from vlcofit.experiment import load_card, load_experiment
 from vlcofit.data.captions import CaptionDataset, collate, read_caption_records
-from vlcofit.data.synthetic import make_demo_dataset
-from vlcofit.data.synthetic_ava import make_demo_ava
+from vlcofit.data.synthetic.demo import make_demo_dataset
+from vlcofit.data.synthetic.ava import make_demo_ava
 from vlcofit.data.transforms import build_transform
 from vlcofit.errors import InputError
 from vlcofit.experiment import build_dataset, build_labels, build_video_model
-from vlcofit.losses import contrastive_loss
+from vlcofit.models.losses import contrastive_loss
 from vlcofit.metrics.retrieval import retrieval_metrics, t2v_ranks, v2t_ranks
 from vlcofit.tasks import task_of
-from vlcofit.train import freeze_unused, train
+from vlcofit.train.loop import freeze_unused, train
 
 
 def _card(root: Path, fmt: str = "csv", **kw) -> DatasetCard:
@@ -236,8 +237,8 @@ SCRIPT = """
 import json, os, sys
 import torch
 from accelerate import Accelerator
-from vlcofit.distributed import end_processes
-from vlcofit.losses import contrastive_loss
+from vlcofit.utils.distributed import end_processes
+from vlcofit.models.losses import contrastive_loss
 acc = Accelerator(cpu=True)
 g = torch.Generator().manual_seed(0)
 V, T = torch.randn(8, 16, generator=g), torch.randn(8, 16, generator=g)
@@ -261,7 +262,7 @@ os._exit(0)  # see launch_two in conftest.py
 
 def test_two_process_loss_and_gradients_equal_one_process(tmp_path, launch_two):
     script = _write(tmp_path / "run.py", SCRIPT.format(tmp=str(tmp_path)))
-    launch_two([script], port=29700)
+    launch_two([script])
     both_ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     for variant, sigmoid in enumerate((False, True)):
         ranks = [r[variant] for r in both_ranks]
@@ -344,7 +345,7 @@ def test_captions_train_exactly_their_declared_parameters(data, tmp_path, train_
     freeze_unused(model, [task_of(cfg.datasets[n]) for n in cfg.train.datasets])
     ds = build_dataset(cfg.datasets["caps"], "train", labels.classes["caps"], model.backbone,
                        train=True, seed=0)
-    task.loss(model, task.collate([ds[0], ds[1]]), labels.rows("caps"), cfg.train).backward()
+    task.loss(model, ds.collate([ds[0], ds[1]]), labels.rows("caps"), cfg.train).backward()
     got = {p for p, t in model.named_parameters() if t.grad is not None}
     trainable = {p for p, t in model.named_parameters() if t.requires_grad}
     assert got == task.used_parameters(model) & trainable
@@ -355,7 +356,7 @@ def test_mixture_with_captions_on_two_processes(data, tmp_path, launch_two, caps
     out = tmp_path / "run"
     args = ["-m", "vlcofit", "train", "cofinetune_demo"]
     args += [a for s in _sets(data, out) for a in ("--set", s)]
-    launch_two(args, port=29701, timeout=600)
+    launch_two(args, timeout=600)
     assert json.loads((out / "run.json").read_text())["world_size"] == 2
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     trained = {k for r in rows for k in r if k.startswith("train/") and k.endswith("/loss")}
@@ -368,7 +369,7 @@ def test_mixture_with_captions_on_two_processes(data, tmp_path, launch_two, caps
     assert "demo/top1" in final and "demo_ava/mAP" in final
     top = json.loads((out / "eval" / "caps_retrieval_top10.json").read_text())
     assert len(top["t2v"]) == 16 and len(top["v2t"]) == 8 and len(top["t2v"][0]["top"]) == 8
-    from vlcofit.cli import main  # `vlcofit eval` on the captions card prints the table
+    from vlcofit.cli.main import main
     assert main(["eval", "--checkpoint", str(out), "--set", "eval.datasets=[caps]",
                  "--out", str(tmp_path / "ev")]) == 0
     printed = capsys.readouterr().out
@@ -395,7 +396,7 @@ def test_two_processes_train_like_one_process(data, tmp_path, launch_two):
     two, one = tmp_path / "two", tmp_path / "one"
     args = ["-m", "vlcofit", "train", "demo"]
     args += [a for s in common + [f"output_dir={two}", "train.batch_size=2"] for a in ("--set", s)]
-    launch_two(args, port=29702, timeout=600)
+    launch_two(args, timeout=600)
     train(load_experiment("demo", common + [f"output_dir={one}", "train.batch_size=4"]))
 
     def losses(run: Path) -> list[float]:

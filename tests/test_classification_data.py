@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from vlcofit.config import DatasetCard, load_card
+from vlcofit.config.schema import DatasetCard
+from vlcofit.experiment import load_card
 from vlcofit.data.annotations import FORMATS, VideoRecord, read_records
 from vlcofit.data.classification import ClassificationDataset, collate
 from vlcofit.data.loading import worker_context
-from vlcofit.data.synthetic import write_video
+from vlcofit.data.synthetic.clips import write_video
 from vlcofit.data.transforms import build_transform
 from vlcofit.errors import InputError
-from vlcofit.prompts import ClassList, read_class_list
+from vlcofit.text.prompts import ClassList, read_class_list
 
 CLASSES = ClassList.from_names(["Apply Eye Makeup", "brush hair", "jump rope"], "prompts/x.txt")
 

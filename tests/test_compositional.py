@@ -2,11 +2,12 @@
 import csv
 from collections import Counter
 
-from vlcofit.config import load_experiment
-from vlcofit.data.synthetic_compositional import (COLOURS, MOTIONS, compositions, make_compositional,
-                                                  name, split_names, unseen)
-from vlcofit.data.synthetic import SHAPES
-from vlcofit.resources import resource_dir
+from vlcofit.experiment import load_experiment
+from vlcofit.data.synthetic.compositional import (
+    COLOURS, MOTIONS, compositions, make_compositional, name, split_names, unseen,
+)
+from vlcofit.data.synthetic.clips import SHAPES
+from vlcofit.utils.resources import resource_dir
 
 
 def test_split_is_disjoint_and_covers_every_attribute():

@@ -1,7 +1,8 @@
 import pytest
 
-from vlcofit.config import (DatasetCard, ExperimentConfig, apply_overrides, from_dict, load_experiment,
-                            save_experiment)
+from vlcofit.config.schema import DatasetCard, ExperimentConfig
+from vlcofit.config.loading import apply_overrides, from_dict, save_experiment
+from vlcofit.experiment import load_experiment
 from vlcofit.errors import InputError
 
 

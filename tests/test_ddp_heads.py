@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from vlcofit.config import load_experiment
-from vlcofit.data.synthetic import make_demo_dataset
-from vlcofit.data.synthetic_ava import make_demo_ava
+from vlcofit.experiment import load_experiment
+from vlcofit.data.synthetic.demo import make_demo_dataset
+from vlcofit.data.synthetic.ava import make_demo_ava
 from vlcofit.experiment import build_dataset, build_labels, build_video_model
 from vlcofit.tasks import task_of
-from vlcofit.train import freeze_unused
+from vlcofit.train.loop import freeze_unused
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_declared_parameters_are_the_ones_with_gradients(data, tmp_path, name):
     for n, task in tasks.items():
         ds = build_dataset(cfg.datasets[n], "train", labels.classes[n], model.backbone,
                            train=True, seed=0)
-        batch = task.collate([ds[0], ds[1]])
+        batch = ds.collate([ds[0], ds[1]])
         model.zero_grad(set_to_none=True)
         task.loss(model, batch, labels.rows(n), cfg.train).backward()
         got = {p for p, t in model.named_parameters() if t.grad is not None}
@@ -84,7 +84,7 @@ def test_two_processes_train_every_head(data, tmp_path, launch_two, name):
     out = tmp_path / "run"
     args = ["-m", "vlcofit", "train", CASES[name][0]]
     args += [a for s in _sets(data, name, out) for a in ("--set", s)]
-    launch_two(args, port=29600 + list(CASES).index(name), timeout=600)
+    launch_two(args + list(CASES).index(name), timeout=600)
     info = json.loads((out / "run.json").read_text())
     assert info["world_size"] == 2 and info["end_time"]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

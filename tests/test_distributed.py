@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from vlcofit.data.synthetic import make_demo_dataset
-from vlcofit.train import train
-from vlcofit.config import load_experiment
+from vlcofit.data.synthetic.demo import make_demo_dataset
+from vlcofit.train.loop import train
+from vlcofit.experiment import load_experiment
 
 
 def _losses(run: Path) -> list[float]:
@@ -22,7 +22,7 @@ def test_two_processes_match_one_process(tmp_path, launch_two):
     two = tmp_path / "two"
     sets = common + [f"output_dir={two}", "train.batch_size=2"]
     args = ["-m", "vlcofit", "train", "demo"] + [a for s in sets for a in ("--set", s)]
-    launch_two(args, port=29517, timeout=600)
+    launch_two(args, timeout=600)
     info = json.loads((two / "run.json").read_text())
     assert info["world_size"] == 2
 

@@ -3,8 +3,8 @@ import io
 
 import pytest
 
-from vlcofit import doctor
-from vlcofit.cli import main
+from vlcofit.cli import doctor
+from vlcofit.cli.main import main
 
 pytestmark = pytest.mark.timeout(180)
 

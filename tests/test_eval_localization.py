@@ -9,12 +9,12 @@ import torch
 import torch.nn as nn
 from accelerate import Accelerator
 
-from vlcofit.data.ava_formats import (AvaTable, make_key, read_detections, write_detections,
-                                      write_groundtruth, write_labelmap_pbtxt)
-from vlcofit.eval_localization import (class_groups, detections_table,
-                                       evaluate_localization)
+from vlcofit.data.ava_formats import (
+    AvaTable, make_key, read_detections, write_detections, write_groundtruth, write_labelmap_pbtxt,
+)
+from vlcofit.eval.localization import class_groups, detections_table, evaluate_localization
 from vlcofit.metrics import ava
-from vlcofit.prompts import ClassList
+from vlcofit.text.prompts import ClassList
 
 LABELMAP = {1: "stand", 3: "sit", 5: "walk", 7: "talk to"}
 # id 9 is a dataset class outside the evaluated label map: never written to the detections
@@ -281,7 +281,7 @@ def test_top50_cut_gives_the_official_result(tmp_path):
 
 def test_with_tiny_video_clip_and_box_head(accelerator, tmp_path):
     # imported here: the two-process script imports this module and needs neither
-    from vlcofit.config import ModelConfig
+    from vlcofit.config.schema import ModelConfig
     from vlcofit.models.boxes import BoxHead
     from vlcofit.models.video import build_model
 
@@ -330,8 +330,8 @@ from accelerate import Accelerator
 sys.path.insert(0, {tests!r})
 import test_eval_localization as T
 from pathlib import Path
-from vlcofit.distributed import end_processes
-from vlcofit.eval_localization import extract_box_scores
+from vlcofit.utils.distributed import end_processes
+from vlcofit.eval.localization import extract_box_scores
 acc = Accelerator(cpu=True)
 data = [s for s in T.samples() if s["key"] != T.UNREADABLE]
 loader = acc.prepare(torch.utils.data.DataLoader(data, batch_size=2, collate_fn=T.collate))
@@ -351,7 +351,7 @@ def test_two_processes_gather_every_sample_once(tmp_path, launch_two):
     write_gt(tmp_path / "gt.csv")
     script = tmp_path / "run.py"
     script.write_text(SCRIPT.format(tests=str(Path(__file__).parent), tmp=str(tmp_path)))
-    launch_two([script], port=29531)
+    launch_two([script])
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert results[0] == results[1]  # both processes see the main process's metrics
     world, out, keys = results[0]

@@ -8,15 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-import vlcofit.train as train_mod
-from vlcofit.cli import main
-from vlcofit.config import DatasetCard, load_experiment
+import vlcofit.protocols.fewshot as fewshot_mod
+from vlcofit.cli.main import main
+from vlcofit.config.schema import DatasetCard
+from vlcofit.experiment import load_experiment
 from vlcofit.data.annotations import read_records
-from vlcofit.data.synthetic import DEMO_CLASSES, make_demo_dataset
+from vlcofit.data.synthetic.clips import DEMO_CLASSES
+from vlcofit.data.synthetic.demo import make_demo_dataset
 from vlcofit.errors import InputError
-from vlcofit.fewshot import (PROBE_WEIGHT_DECAYS, choose_weight_decay, few_shot, fit_linear_probe,
-                             kshot_indices, split_text)
-from vlcofit.prompts import ClassList, read_class_list
+from vlcofit.eval.probe import PROBE_WEIGHT_DECAYS
+from vlcofit.protocols.fewshot import few_shot, kshot_indices, split_text
+from vlcofit.eval.probe import choose_weight_decay, fit_linear_probe
+from vlcofit.text.prompts import ClassList, read_class_list
 
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory) -> Path:
@@ -54,11 +57,11 @@ def test_split_files_identical_across_two_processes(tmp_path, launch_two):
     script.write_text(textwrap.dedent(f"""
         import os
         from pathlib import Path
-        from vlcofit.config import DatasetCard
+        from vlcofit.config.schema import DatasetCard
         from vlcofit.data.annotations import read_records
-        from vlcofit.distributed import end_processes, process_state
-        from vlcofit.fewshot import prepare_split
-        from vlcofit.prompts import read_class_list
+        from vlcofit.utils.distributed import end_processes, process_state
+        from vlcofit.protocols.fewshot import prepare_split
+        from vlcofit.text.prompts import read_class_list
         state = process_state()
         out = Path({str(tmp_path / 'out')!r})
         classes = read_class_list("demo")
@@ -73,7 +76,7 @@ def test_split_files_identical_across_two_processes(tmp_path, launch_two):
         end_processes()
         os._exit(0)  # see launch_two in conftest.py
     """))
-    launch_two([script], port=29532, env={"PYTHONHASHSEED": "random"})
+    launch_two([script], env={"PYTHONHASHSEED": "random"})
     out = tmp_path / "out"
     assert (out / "world0").read_text() == (out / "world1").read_text() == "2"
     card = DatasetCard(name="demo", root=str(root), train="train.csv", prompts="demo")
@@ -115,7 +118,7 @@ def test_few_shot_finetune_and_probe(demo_data, tmp_path, monkeypatch):
     assert (out / "fewshot.png").stat().st_size > 1000
 
     # a second call reuses the finished runs (no training) and gives the same summary
-    monkeypatch.setattr(train_mod, "train", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr(fewshot_mod, "train", lambda *a, **k: pytest.fail("trained again"))
     assert few_shot(cfg, [2], [0, 1], out, probe=True)["summary"] == result["summary"]
 
 

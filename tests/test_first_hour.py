@@ -14,10 +14,10 @@ import pytest
 import torch
 import yaml
 
-from vlcofit.cli import main
-from vlcofit.config import load_experiment
-from vlcofit.data.synthetic import make_demo_dataset
-from vlcofit.data.synthetic_ava import make_demo_ava
+from vlcofit.cli.main import main
+from vlcofit.experiment import load_experiment
+from vlcofit.data.synthetic.demo import make_demo_dataset
+from vlcofit.data.synthetic.ava import make_demo_ava
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["train.steps=2", "train.batch_size=4", "train.num_workers=0", "train.log_every=1",
@@ -168,9 +168,9 @@ def test_offline_weights_hint_names_each_commands_own_flag(tmp_path, monkeypatch
         assert "--pretrained /path/to/open_clip_model.safetensors" in err, command[0]
         assert "--set" not in err
     # config commands take --set: their hint is unchanged
-    from vlcofit.config import ModelConfig
+    from vlcofit.config.schema import ModelConfig
     from vlcofit.errors import InputError
-    from vlcofit.models.backbones import build_backbone
+    from vlcofit.models.backbones.factory import build_backbone
     with pytest.raises(InputError, match="--set model.pretrained=/path/to/open_clip") as err:
         build_backbone(ModelConfig(name="ViT-B-16", pretrained="openai"))
     assert str(pickle.loads(pickle.dumps(err.value))) == str(err.value)
@@ -232,7 +232,7 @@ def test_training_with_evaluations_writes_no_cursor_escapes_to_a_file(base, tmp_
 
 
 def test_run_progress_on_a_terminal_is_a_bar():
-    from vlcofit.progress import RunProgress
+    from vlcofit.utils.progress import RunProgress
 
     class Terminal(io.StringIO):
         def isatty(self):
@@ -254,7 +254,7 @@ RANDOM_INIT = "No pretrained weights loaded for model"
 
 
 def test_no_random_init_notice_where_a_checkpoint_loads(base, tmp_path, caplog):
-    from vlcofit.config import ModelConfig
+    from vlcofit.config.schema import ModelConfig
     from vlcofit.models.video import build_model
     with caplog.at_level(logging.WARNING):
         assert main(["eval", "--checkpoint", str(base / "runs" / "first"), "--out",
@@ -292,8 +292,8 @@ def _bert(folder: Path, extra: dict | None = None) -> Path:
 
 
 def test_hf_load_report_quiet_only_for_the_unbuilt_pooler(tmp_path):
-    from vlcofit.config import ModelConfig
-    from vlcofit.models.backbones import build_backbone
+    from vlcofit.config.schema import ModelConfig
+    from vlcofit.models.backbones.factory import build_backbone
 
     class Reports(logging.Handler):
         def __init__(self):

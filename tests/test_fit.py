@@ -10,14 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from vlcofit.advise import (HIGH_FIT, LOW_FIT, Start, advise, fit_score, format_advice,
-                            recommend, set_fragments)
-from vlcofit.cache import FeatureCache
-from vlcofit.config import TrainConfig, load_experiment
-from vlcofit.data.synthetic import make_demo_dataset
+from vlcofit.protocols.advise import (
+    HIGH_FIT, LOW_FIT, Start, advise, fit_score, format_advice, recommend, set_fragments,
+)
+from vlcofit.eval.cache import FeatureCache
+from vlcofit.config.schema import TrainConfig
+from vlcofit.experiment import load_experiment
+from vlcofit.data.synthetic.demo import make_demo_dataset
 from vlcofit.errors import InputError
 from vlcofit.experiment import build_labels, build_video_model
-from vlcofit.fit import holdout_split, knn_accuracy, logme, logme_fit, measure_fit, subsample
+from vlcofit.eval.transferability import holdout_split, knn_accuracy, logme, logme_fit, subsample
+from vlcofit.experiment.fit import measure_fit
 
 
 # --------------------------------------------------------------------------- LogME
@@ -133,7 +136,7 @@ def small_config(data: Path, out: Path, *extra: str):
 
 
 def _measure(cfg, cache=None):
-    from vlcofit.train import make_accelerator
+    from vlcofit.train.accelerator import make_accelerator
 
     accelerator = make_accelerator(cfg, None)
     labels = build_labels(cfg)
@@ -175,9 +178,9 @@ def test_measure_fit_on_two_processes_matches_one(demo_data, tmp_path, launch_tw
     script.write_text(textwrap.dedent(f"""
         import json, os
         from pathlib import Path
-        from vlcofit.advise import advise
-        from vlcofit.config import load_experiment
-        from vlcofit.distributed import end_processes, process_state
+        from vlcofit.protocols.advise import advise
+        from vlcofit.experiment import load_experiment
+        from vlcofit.utils.distributed import end_processes, process_state
         state = process_state()
         cfg = load_experiment("demo", [
             "datasets.demo.root={demo_data}", "output_dir={tmp_path / 'run'}",
@@ -187,7 +190,7 @@ def test_measure_fit_on_two_processes_matches_one(demo_data, tmp_path, launch_tw
         end_processes()
         os._exit(0)  # see launch_two in conftest.py
     """))
-    launch_two([script], port=29741)
+    launch_two([script])
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]
     assert ranks[0] == ranks[1] == json.loads((tmp_path / "out2" / "advice.json").read_text())
     one = advise(small_config(demo_data, tmp_path / "run", "eval.batch_size=3"), tmp_path / "out1")
@@ -201,7 +204,7 @@ def test_measure_fit_on_two_processes_matches_one(demo_data, tmp_path, launch_tw
 def test_advise_writes_loadable_fragments(demo_data, tmp_path):
     import open_clip
 
-    from vlcofit import resources
+    from vlcofit.utils import resources
 
     weights = tmp_path / "tiny.pt"
     torch.manual_seed(0)
@@ -272,10 +275,10 @@ def test_fit_score_uses_probe_above_chance_and_needs_a_measure():
 
 
 def test_only_single_label_datasets_with_classes_are_measured(caplog):
-    from vlcofit.fit import fit_datasets
+    from vlcofit.experiment.fit import fit_datasets
 
     cfg = load_experiment("cofinetune_demo")  # classification + localisation
-    with caplog.at_level("INFO", logger="vlcofit.fit"):
+    with caplog.at_level("INFO", logger="vlcofit.experiment.fit"):
         assert fit_datasets(cfg) == ["demo"]
     assert "demo_ava skipped (a localization dataset" in caplog.text
     with pytest.raises(InputError, match=r"dataset 'nope' is not under `datasets` \(have: demo, demo_ava\)"):

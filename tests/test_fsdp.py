@@ -1,12 +1,12 @@
 """The model under real sharding on two CPU processes: PyTorch's FSDP 2 (``fully_shard``, gloo).
 
-Accelerate will not shard on a CPU (vlcofit refuses it: :mod:`vlcofit.strategy`), so the script
+Accelerate will not shard on a CPU (vlcofit refuses it: :mod:`vlcofit.train.accelerator`), so the script
 applies ``fully_shard`` itself, as Accelerate's FSDP 2 does on GPUs (each image-tower block,
 then the whole model), and drives vlcofit's own task losses and evaluation. What this checks:
 the model has no parameter FSDP 2 refuses (0-d scales), the task losses and every evaluation
 (classification, box head, class-embedding cache, logit-scale logging, the fit measures with
 their feature cache) go through the
-sharded model's forward (:func:`vlcofit.strategy.inside`), and losses and metrics equal DDP's
+sharded model's forward (:func:`vlcofit.train.accelerator.inside`), and losses and metrics equal DDP's
 on the same batches. Accelerate's own FSDP plumbing (``save_state``) needs a GPU:
 ``bench/gpu.sh``.
 """
@@ -15,22 +15,23 @@ from pathlib import Path
 
 import pytest
 
-from vlcofit.data.synthetic import make_demo_dataset
-from vlcofit.data.synthetic_ava import make_demo_ava
+from vlcofit.data.synthetic.demo import make_demo_dataset
+from vlcofit.data.synthetic.ava import make_demo_ava
 
 SCRIPT = r'''
 import json, os, sys
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from torch.distributed.fsdp import fully_shard
-from vlcofit.config import load_experiment
-from vlcofit.cache import FeatureCache
-from vlcofit.distributed import end_processes
-from vlcofit.experiment import build_dataset, build_labels, build_loader, build_video_model
-from vlcofit.fit import measure_fit
-from vlcofit.strategy import inside
+from vlcofit.experiment import load_experiment
+from vlcofit.eval.cache import FeatureCache
+from vlcofit.utils.distributed import end_processes
+from vlcofit.experiment import build_dataset, build_labels, build_video_model
+from vlcofit.data.loading import build_loader
+from vlcofit.experiment.fit import measure_fit
+from vlcofit.models.prepared import inside
 from vlcofit.tasks import task_of
-from vlcofit.train import freeze_unused
+from vlcofit.train.loop import freeze_unused
 
 # guarded: loader workers (forkserver) import this script again
 if __name__ == "__main__":
@@ -58,7 +59,7 @@ if __name__ == "__main__":
         n = names[step % len(names)]
         i = (2 * step + rank) % len(data[n])
         torch.manual_seed(100 * step + rank)  # the augmentation draws: the same in both modes
-        batch = tasks[n].collate([data[n][i]])
+        batch = data[n].collate([data[n][i]])
         loss = tasks[n].loss(model, batch, labels.rows(n), cfg.train)
         loss.backward()
         optimizer.step()
@@ -103,11 +104,10 @@ def test_fsdp2_trains_and_evaluates_as_ddp(data, tmp_path, launch_two, name):
     sets += extra + [f"output_dir={tmp_path / 'run'}"]
     script = tmp_path / "fsdp_script.py"
     script.write_text(SCRIPT)
-    port = 29800 + 2 * list(CASES).index(name)
     results = {}
-    for k, mode in enumerate(("fsdp", "ddp")):
+    for mode in ("fsdp", "ddp"):
         out = tmp_path / f"{mode}.json"
-        launch_two([str(script), mode, config, str(out), *sets], port=port + k, timeout=600)
+        launch_two([str(script), mode, config, str(out), *sets], timeout=600)
         results[mode] = json.loads(out.read_text())
     fsdp, ddp = results["fsdp"], results["ddp"]
     # the same updates up to float summation order (reduce-scatter vs all-reduce), which

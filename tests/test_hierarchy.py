@@ -6,12 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from vlcofit.config import DatasetCard, load_experiment
-from vlcofit.data.synthetic import make_demo_dataset
+from vlcofit.config.schema import DatasetCard
+from vlcofit.experiment import load_experiment
+from vlcofit.data.synthetic.demo import make_demo_dataset
 from vlcofit.errors import InputError
 from vlcofit.experiment import build_labels
-from vlcofit.hierarchy import granular_records, read_hierarchy
-from vlcofit.train import train
+from vlcofit.data.annotations import granular_records
+from vlcofit.text.hierarchy import read_hierarchy
+from vlcofit.train.loop import train
 
 
 def _card(tmp_path: Path, mapping: str, names: str = "a, b\nc\nd\n", **extra) -> DatasetCard:
@@ -120,8 +122,8 @@ def test_a_bad_map_fails_before_training(data, tmp_path):
 
 
 def test_zero_shot_and_few_shot_of_a_coarse_card(data, tmp_path):
-    from vlcofit.fewshot import few_shot
-    from vlcofit.zeroshot import resolve_card
+    from vlcofit.protocols.fewshot import few_shot
+    from vlcofit.protocols.zeroshot import resolve_card
     cfg = _cfg(data, tmp_path / "c", "datasets.demo.granularity=coarse")
     with pytest.raises(InputError, match="granularity: coarse; K-shot splits are drawn per fine"):
         few_shot(cfg, [1], [0], tmp_path / "fs")

@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from vlcofit.cli import main
-from vlcofit.config import ModelConfig, TrainConfig
-from vlcofit.data.synthetic import make_demo_dataset
+from vlcofit.cli.main import main
+from vlcofit.config.schema import ModelConfig, TrainConfig
+from vlcofit.data.synthetic.demo import make_demo_dataset
 from vlcofit.errors import InputError
-from vlcofit.losses import label_loss
+from vlcofit.models.losses import label_loss
 from vlcofit.models.video import build_model
-from vlcofit.optim import depth_of, param_groups
+from vlcofit.train.optim import depth_of, param_groups
 
 MODELS = Path(__file__).parents[1] / "configs" / "models"
 NAMES = ["moving left", "moving right", "growing"]

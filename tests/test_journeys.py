@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vlcofit.cli import main
-from vlcofit.data.synthetic import make_demo_dataset
-from vlcofit.data.synthetic_ava import make_demo_ava
+from vlcofit.cli.main import main
+from vlcofit.data.synthetic.demo import make_demo_dataset
+from vlcofit.data.synthetic.ava import make_demo_ava
 
 QUICK = ["train.steps=4", "train.batch_size=4", "train.num_workers=0", "train.log_every=1",
          "train.warmup_steps=1", "train.eval_every=0", "train.save_every=4", "eval.batch_size=8"]
@@ -89,7 +89,7 @@ def test_cofinetune_two_processes_then_eval_and_ava_eval(tmp_path, launch_two, c
     run = tmp_path / "co"
     sets = [f"datasets.demo.root={demo}", f"datasets.demo_ava.root={ava}", f"output_dir={run}",
             *QUICK, "train.batch_size=2", "eval.batch_size=4"]
-    launch_two(["-m", "vlcofit", "train", "cofinetune_demo", *_sets(sets)], port=29640,
+    launch_two(["-m", "vlcofit", "train", "cofinetune_demo", *_sets(sets)],
                timeout=600)
     info = json.loads((run / "run.json").read_text())
     assert info["world_size"] == 2

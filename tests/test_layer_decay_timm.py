@@ -6,9 +6,9 @@ import torch
 from timm.models.vision_transformer import VisionTransformer, _convert_openai_clip
 from timm.optim import param_groups_layer_decay
 
-from vlcofit.config import ModelConfig, TrainConfig
+from vlcofit.config.schema import ModelConfig, TrainConfig
 from vlcofit.models.video import build_model
-from vlcofit.optim import depth_of, param_groups
+from vlcofit.train.optim import depth_of, param_groups
 
 DECAY, WD = 0.65, 0.05
 

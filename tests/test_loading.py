@@ -10,18 +10,19 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 import torch
 from accelerate import Accelerator
 
 import vlcofit.data.classification as classification
-from vlcofit.cache import cached_features
-from vlcofit.config import load_experiment
+from vlcofit.eval.cache import cached_features
+from vlcofit.experiment import load_experiment
 from vlcofit.data.loading import StallError, make_loader, watch, worker_context
-from vlcofit.data.synthetic import make_demo_dataset
+from vlcofit.data.synthetic.demo import make_demo_dataset
 from vlcofit.data.video import read_frames
 from vlcofit.experiment import build_dataset, build_labels, build_video_model
-from vlcofit.predict import load_predictor, predict_videos
-from vlcofit.train import train
+from vlcofit.protocols.predict import load_predictor, predict_videos
+from vlcofit.train.loop import train
 from conftest import run_group  # noqa: E402 (launches and cleans up a process group)
 
 pytestmark = pytest.mark.timeout(200)
@@ -121,7 +122,7 @@ def test_stall_timeout_must_be_positive(demo_data, tmp_path):
 
 DECODE_THEN_TRAIN = textwrap.dedent("""
     import sys
-    from vlcofit.cli import main
+    from vlcofit.cli.main import main
     from vlcofit.data.video import read_frames
 
     if __name__ == "__main__":
@@ -138,15 +139,14 @@ def test_two_processes_train_and_evaluate_with_workers_after_decoding(demo_data,
     sets = [f"datasets.demo.root={demo_data}", f"output_dir={tmp_path / 'run'}",
             "train.steps=2", "train.batch_size=2", "train.num_workers=2", "train.eval_every=1",
             "train.log_every=1", "eval.batch_size=4", "eval.max_batches=2"]
-    launch_two([script, video, "train", "demo", *[a for s in sets for a in ("--set", s)]],
-               port=29733, timeout=150)
+    launch_two([script, video, "train", "demo", *[a for s in sets for a in ("--set", s)]], timeout=150)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "demo/top1" in r] == [1, 2]
 
 
 HANGING_RANK = textwrap.dedent("""
     import sys, time
-    import vlcofit.train as train_mod
+    import vlcofit.train.loop as train_mod
     from accelerate import PartialState
     real = train_mod._optimizer_step
     def step(*args, **kwargs):
@@ -154,7 +154,7 @@ HANGING_RANK = textwrap.dedent("""
             time.sleep(120)  # stuck outside any loader: only the collective timeout ends it
         return real(*args, **kwargs)
     train_mod._optimizer_step = step
-    from vlcofit.cli import main
+    from vlcofit.cli.main import main
     sys.exit(main(sys.argv[1:]))
 """)
 
@@ -164,7 +164,7 @@ def test_a_stuck_rank_fails_the_others_with_the_collective_timeout(demo_data, tm
     script.write_text(HANGING_RANK)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
            "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", "29731", str(script), "train", "demo",
+           "--main_process_port", str(free_port()), str(script), "train", "demo",
            "--set", f"datasets.demo.root={demo_data}", "--set", f"output_dir={tmp_path / 'run'}",
            "--set", "train.steps=2", "--set", "train.batch_size=2", "--set", "train.num_workers=0",
            "--set", "train.collective_timeout=4"]

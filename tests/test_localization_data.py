@@ -11,12 +11,13 @@ import pytest
 import torch
 from torchvision.io import write_jpeg as _write_jpeg
 
-from vlcofit.config import DatasetCard, LocalizationSpec
-from vlcofit.data.localization import (LocalizationDataset, collate_boxes, evaluation_labelmap,
-                                       read_keyframes, train_instance_counts)
-from vlcofit.data.synthetic import write_video
+from vlcofit.config.schema import DatasetCard, LocalizationSpec
+from vlcofit.data.localization import (
+    LocalizationDataset, collate_boxes, evaluation_labelmap, read_keyframes, train_instance_counts,
+)
+from vlcofit.data.synthetic.clips import write_video
 from vlcofit.errors import InputError
-from vlcofit.prompts import ClassList
+from vlcofit.text.prompts import ClassList
 
 # ids with a gap, as AVA's: columns are class indices 0, 1, 2
 CLASSES = ClassList(("stand", "sit", "talk to"), (1, 3, 4), "prompts/x.txt")

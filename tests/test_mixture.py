@@ -5,12 +5,12 @@ import textwrap
 import numpy as np
 import pytest
 
-from vlcofit.config import load_experiment
-from vlcofit.data.synthetic import make_demo_dataset
+from vlcofit.experiment import load_experiment
+from vlcofit.data.synthetic.demo import make_demo_dataset
 from vlcofit.errors import InputError
 from vlcofit.experiment import build_labels
-from vlcofit.mixture import mixture_weights, plan
-from vlcofit.train import train
+from vlcofit.data.mixture import mixture_weights, plan
+from vlcofit.train.loop import train
 
 
 def _cfg(tmp_path, *overrides, datasets=("a", "b", "c")):
@@ -130,9 +130,9 @@ def test_cofinetune_two_datasets_end_to_end(tmp_path):
 SCRIPT = """
 import os, sys, numpy as np
 from accelerate import Accelerator
-from vlcofit.config import load_experiment
-from vlcofit.distributed import end_processes
-from vlcofit.mixture import plan
+from vlcofit.experiment import load_experiment
+from vlcofit.utils.distributed import end_processes
+from vlcofit.data.mixture import plan
 acc = Accelerator(cpu=True)
 cfg = load_experiment(sys.argv[1], ["train.steps=2000", "train.sampling=temperature"])
 sched = plan(cfg, {"a": 1000, "b": 100, "c": 10}).schedule
@@ -147,7 +147,7 @@ def test_two_processes_draw_the_same_datasets(tmp_path, launch_two):
     _cfg(tmp_path)  # writes mix.yaml
     script = tmp_path / "draw.py"
     script.write_text(SCRIPT)
-    launch_two([script, tmp_path / "mix.yaml", tmp_path], port=29518)
+    launch_two([script, tmp_path / "mix.yaml", tmp_path])
     # each rank writes its own file: printed lines of two processes can interleave
     assert [(tmp_path / f"world{r}.txt").read_text() for r in (0, 1)] == ["2", "2"]
     a, b = np.load(tmp_path / "rank0.npy"), np.load(tmp_path / "rank1.npy")

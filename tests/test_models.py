@@ -5,9 +5,9 @@ import open_clip
 import pytest
 import torch
 
-from vlcofit.config import ModelConfig
+from vlcofit.config.schema import ModelConfig
 from vlcofit.errors import InputError
-from vlcofit.models.backbones import build_backbone
+from vlcofit.models.backbones.factory import build_backbone
 from vlcofit.models.text import class_embeddings
 from vlcofit.models.video import build_model
 
@@ -118,7 +118,7 @@ def test_checkpoints_with_scalar_scales_still_load(tmp_path):
     a model.safetensors written before, holding them as scalars, still fits and loads."""
     from safetensors.torch import save_file
 
-    from vlcofit.checkpoint import check_fits, load_matching
+    from vlcofit.run.checkpoint import check_fits, load_matching
     torch.manual_seed(0)
     model = build_model(ModelConfig(name="tiny", loss="sigmoid"), NAMES, [TEMPLATES] * 4,
                         with_boxes=True)

@@ -8,17 +8,21 @@ import pytest
 import torch
 from safetensors.torch import save_model
 
-from vlcofit.cli import main
-from vlcofit.config import DatasetCard, ModelConfig, load_experiment, save_experiment
+from vlcofit.cli.main import main
+from vlcofit.config.schema import DatasetCard, ModelConfig
+from vlcofit.experiment import load_experiment
+from vlcofit.config.loading import save_experiment
 from vlcofit.data.box_transforms import BoxEvalTransform
 from vlcofit.data.sampling import tsn_indices
-from vlcofit.data.synthetic import render_clip, write_video
+from vlcofit.data.synthetic.clips import render_clip, write_video
 from vlcofit.data.transforms import build_transform
 from vlcofit.data.video import open_video, read_clip_at
 from vlcofit.errors import InputError
 from vlcofit.experiment import build_labels, build_video_model
 from vlcofit.models.video import build_model
-from vlcofit.predict import Predictor, load_predictor, predict_boxes, predict_videos, read_boxes_csv
+from vlcofit.protocols.predict import (
+    Predictor, load_predictor, predict_boxes, predict_videos, read_boxes_csv,
+)
 
 TINY = ModelConfig(name="tiny", temporal="mean")
 

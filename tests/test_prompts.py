@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from vlcofit import make_prompts
+from vlcofit.text import make_prompts
 from vlcofit.errors import InputError
-from vlcofit.prompts import (ClassList, LabelSpace, canonical_name, read_class_list,
-                             read_class_subset, read_templates)
-from vlcofit.resources import list_resources, resource_dir
+from vlcofit.text.prompts import (
+    ClassList, LabelSpace, canonical_name, read_class_list, read_class_subset, read_templates,
+)
+from vlcofit.utils.resources import list_resources, resource_dir
 
 EXPECTED_CLASSES = {"kinetics400": 400, "kinetics600": 600, "kinetics700": 700, "ucf101": 101,
                     "hmdb51": 51, "ssv2": 174, "ava_all80": 80, "ava_eval60": 60}

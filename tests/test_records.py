@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from vlcofit.cli import main
-from vlcofit.config import load_experiment, save_experiment
-from vlcofit.data.synthetic import make_demo_dataset
+from vlcofit.cli.main import main
+from vlcofit.experiment import load_experiment
+from vlcofit.config.loading import save_experiment
+from vlcofit.data.synthetic.demo import make_demo_dataset
 from vlcofit.errors import InputError
-from vlcofit.runinfo import MetricsLog, finish_run_json, learning_curve_figure, read_metrics
-from vlcofit.train import train
+from vlcofit.run.records import MetricsLog, finish_run_json, learning_curve_figure, read_metrics
+from vlcofit.train.loop import train
 from test_transfer_resume import _killed_after  # noqa: E402 (the one kill-at-step helper)
 
 RECORDS = ("config.yaml", "run.json", "metrics.jsonl")

@@ -5,12 +5,12 @@ import shutil
 import pytest
 import torch
 
-from vlcofit.cli import main
-from vlcofit.config import load_experiment
-from vlcofit.data.synthetic import make_demo_dataset
+from vlcofit.cli.main import main
+from vlcofit.experiment import load_experiment
+from vlcofit.data.synthetic.demo import make_demo_dataset
 from vlcofit.errors import InputError
-from vlcofit.runmodel import load_run_model
-from vlcofit.train import train
+from vlcofit.run.model import load_run_model
+from vlcofit.train.loop import train
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,9 @@ import pytest
 from accelerate.data_loader import SeedableRandomSampler
 from torch.utils.data import BatchSampler
 
-from vlcofit.data.sampling import (EpochBatches, clip_at_time, dense_indices, sample_indices,
-                                   tsn_indices)
+from vlcofit.data.sampling import (
+    EpochBatches, clip_at_time, dense_indices, sample_indices, tsn_indices,
+)
 
 
 def test_tsn_eval_centre_frames():

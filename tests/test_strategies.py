@@ -10,14 +10,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import free_port
 import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.utils import DistributedType
 
-from vlcofit.config import TrainConfig
-from vlcofit.data.synthetic import make_demo_dataset
+from vlcofit.config.schema import TrainConfig
+from vlcofit.data.synthetic.demo import make_demo_dataset
 from vlcofit.errors import InputError
-from vlcofit.strategy import _check_deepspeed
+from vlcofit.train.accelerator import _check_deepspeed
 
 ROOT = Path(__file__).parents[1]
 CONFIGS = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
@@ -59,11 +60,11 @@ def test_deepspeed_config_must_agree_with_the_training_config():
         _check_deepspeed(_deepspeed(), TrainConfig(l2sp=0.01))
 
 
-def _launch(config: str, tmp_path: Path, port: int) -> subprocess.CompletedProcess:
+def _launch(config: str, tmp_path: Path) -> subprocess.CompletedProcess:
     data = make_demo_dataset(tmp_path / "data", per_class_train=1, per_class_val=1)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(ROOT / "configs" / "accelerate" / config), "--num_processes", "2",
-           "--mixed_precision", "no", "--main_process_port", str(port), "-m", "vlcofit", "train",
+           "--mixed_precision", "no", "--main_process_port", str(free_port()), "-m", "vlcofit", "train",
            "demo", "--set", f"datasets.demo.root={data}", "--set", f"output_dir={tmp_path / 'run'}",
            "--set", "train.steps=2", "--set", "train.batch_size=2", "--set", "train.num_workers=0",
            "--set", "train.save_every=2", "--set", "train.eval_every=0",
@@ -73,7 +74,7 @@ def _launch(config: str, tmp_path: Path, port: int) -> subprocess.CompletedProce
 
 
 def test_ddp_config_trains_on_two_cpu_processes(tmp_path):
-    proc = _launch("ddp.yaml", tmp_path, 29741)
+    proc = _launch("ddp.yaml", tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["world_size"] == 2 and run["end_time"]
@@ -83,7 +84,7 @@ def test_ddp_config_trains_on_two_cpu_processes(tmp_path):
 
 
 def test_fsdp_on_cpu_is_refused_saying_why(tmp_path):
-    proc = _launch("fsdp.yaml", tmp_path, 29743)
+    proc = _launch("fsdp.yaml", tmp_path)
     assert proc.returncode != 0
     assert ("vlcofit: error: accelerate launch asked for FSDP (ACCELERATE_USE_FSDP=true) but "
             "Accelerate set up MULTI_CPU on cpu: FSDP runs on GPUs") in proc.stderr

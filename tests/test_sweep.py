@@ -4,11 +4,12 @@ from pathlib import Path
 
 import pytest
 
-import vlcofit.sweep as sweep_mod
-from vlcofit.cli import main
-from vlcofit.data.synthetic import make_demo_dataset
+import vlcofit.cli.transfer as cli_transfer
+import vlcofit.protocols.sweep as sweep_mod
+from vlcofit.cli.main import main
+from vlcofit.data.synthetic.demo import make_demo_dataset
 from vlcofit.errors import InputError
-from vlcofit.sweep import best_versus, folder_name, grid_settings, split_values, sweep
+from vlcofit.protocols.sweep import best_versus, folder_name, grid_settings, split_values, sweep
 
 
 def test_grid_values_and_settings():
@@ -95,7 +96,7 @@ def test_compare_is_the_sweep_over_schedules(monkeypatch, tmp_path):
     def fake(config, overrides, out, grid=None, seeds=None, arms=None):
         seen.update(config=config, seeds=seeds, arms=arms)
         return {"shown": [], "seeds": seeds, "summary": {}}
-    monkeypatch.setattr(sweep_mod, "sweep", fake)
+    monkeypatch.setattr(cli_transfer, "sweep", fake)  # where the command calls it
     assert main(["compare", "cofinetune_demo", "--seeds", "0,2", "--out", str(tmp_path)]) == 0
     assert seen["arms"] == {"cofinetune": ("train.schedule=cofinetune",),
                             "sequential": ("train.schedule=sequential",)}
@@ -105,8 +106,8 @@ def test_compare_is_the_sweep_over_schedules(monkeypatch, tmp_path):
 def test_advise_command_and_fit_measures_at_step_zero(demo_data, tmp_path, capsys):
     """`vlcofit advise` prints the measures and a train command whose --set fragments load;
     `train.fit_measures` logs the same measures at step 0 of a run."""
-    from vlcofit.config import load_experiment
-    from vlcofit.runinfo import read_metrics
+    from vlcofit.experiment import load_experiment
+    from vlcofit.run.records import read_metrics
     sets = [x for o in _overrides(demo_data) for x in ("--set", o)]
     out = tmp_path / "advice"
     assert main(["advise", "demo", *sets, "--out", str(out)]) == 0

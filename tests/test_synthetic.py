@@ -7,16 +7,16 @@ import hashlib
 import numpy as np
 import pytest
 
-from vlcofit.config import load_card, load_experiment
+from vlcofit.experiment import load_card, load_experiment
 from vlcofit.data.captions import read_caption_records
 from vlcofit.data.annotations import read_records
-from vlcofit.data.synthetic import (DEMO_CLASSES, _motion, draw_clip, make_demo_dataset,
-                                    render_clip, write_video)
-from vlcofit.data.synthetic_target import TARGET_CLASSES, make_demo_target
+from vlcofit.data.synthetic.clips import DEMO_CLASSES, _motion, draw_clip, render_clip, write_video
+from vlcofit.data.synthetic.demo import make_demo_dataset
+from vlcofit.data.synthetic.target import TARGET_CLASSES, make_demo_target
 from vlcofit.data.video import open_video
 from vlcofit.experiment import build_labels
-from vlcofit.hierarchy import read_hierarchy
-from vlcofit.prompts import read_class_list
+from vlcofit.text.hierarchy import read_hierarchy
+from vlcofit.text.prompts import read_class_list
 
 SMALL = dict(per_class_train=2, per_class_val=1, size=32, num_frames=8)
 
@@ -200,7 +200,7 @@ def test_target_is_deterministic_and_not_the_demo(target, demo, tmp_path):
 
 @pytest.mark.parametrize("name", list(TARGET_CLASSES))
 def test_target_clips_show_their_shape_and_direction(name):
-    from vlcofit.data.synthetic_target import _target_clips
+    from vlcofit.data.synthetic.target import _target_clips
     shape, motion = TARGET_CLASSES[name]
     index = list(TARGET_CLASSES).index(name)
     clips = list(_target_clips(2, [0, 0, 7], 64, 8))
@@ -212,9 +212,9 @@ def test_target_clips_show_their_shape_and_direction(name):
 
 
 def test_demo_generators_know_the_new_cards(monkeypatch, tmp_path):
-    import vlcofit.data.synthetic as synthetic
-    from vlcofit.runs import demo_generators
-    monkeypatch.setattr(synthetic, "make_demo_dataset", lambda root: root)
+    import vlcofit.cli.demos as demos
+    from vlcofit.cli.demos import demo_generators
+    monkeypatch.setattr(demos, "make_demo_dataset", lambda root: root)
     generators = demo_generators()
     assert generators["demo_target"] is make_demo_target
     # the caption card reads the demo's own folder: one copy of the videos for both cards

@@ -8,13 +8,14 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from vlcofit.config import load_card
-from vlcofit.data.ava_formats import (read_exclusions, read_groundtruth, read_labelmap,
-                                      read_proposals)
+from vlcofit.experiment import load_card
+from vlcofit.data.ava_formats import (
+    read_exclusions, read_groundtruth, read_labelmap, read_proposals,
+)
 from vlcofit.data.localization import LocalizationDataset, collate_boxes, train_instance_counts
-from vlcofit.data.synthetic_ava import DEMO_AVA_ACTIONS, make_demo_ava
+from vlcofit.data.synthetic.ava import DEMO_AVA_ACTIONS, make_demo_ava
 from vlcofit.data.video import open_video, read_frames
-from vlcofit.prompts import read_class_list
+from vlcofit.text.prompts import read_class_list
 
 SMALL = dict(num_train_videos=3, num_val_videos=2, seconds=4)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vlcofit.data.synthetic import DEMO_CLASSES, SHAPES, ClipParams, draw_clip
-from vlcofit.data.synthetic_words import MOTION_WORDS, captions, is_fast, size_words, where_words
+from vlcofit.data.synthetic.clips import DEMO_CLASSES, SHAPES, ClipParams, draw_clip
+from vlcofit.data.synthetic.words import MOTION_WORDS, captions, is_fast, size_words, where_words
 
 
 def _params(label="moving right", shape="square", radius=0.16, x=(0.2, 0.68), y=(0.5, 0.5),

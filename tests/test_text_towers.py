@@ -14,15 +14,15 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-import vlcofit.train as train_mod
-from vlcofit.cli import main
-from vlcofit.config import ModelConfig, TrainConfig
-from vlcofit.data.synthetic import make_demo_dataset
+import vlcofit.train.loop as train_mod
+from vlcofit.cli.main import main
+from vlcofit.config.schema import ModelConfig, TrainConfig
+from vlcofit.data.synthetic.demo import make_demo_dataset
 from vlcofit.errors import InputError
-from vlcofit.models.backbones import build_backbone
+from vlcofit.models.backbones.factory import build_backbone
 from vlcofit.models.text import class_embeddings
 from vlcofit.models.video import build_model
-from vlcofit.optim import apply_freeze, depth_of, param_groups
+from vlcofit.train.optim import apply_freeze, depth_of, param_groups
 
 NAMES = ["moving left", "moving right", "growing", "shrinking"]
 TEMPLATES = ("a video of a person {}.", "{}")
@@ -99,7 +99,7 @@ def test_loads_embeds_and_declares_depths(bert_json):
 def test_a_loaded_text_encoder_is_no_pretrained_image_start(bert_json):
     """Re-initialising image blocks, and advise's transfer settings, need a loaded image tower;
     a loaded text encoder beside a random image tower is not one."""
-    from vlcofit.advise import start_of
+    from vlcofit.protocols.advise import start_of
     from vlcofit.errors import InputError
     model = build_model(ModelConfig(name=str(bert_json)), NAMES, [TEMPLATES] * len(NAMES))
     assert model.loaded_names and not model.image_tower_loaded()

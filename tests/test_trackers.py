@@ -6,11 +6,11 @@ import importlib.util
 import pytest
 import yaml
 
-from vlcofit.config import load_experiment
-from vlcofit.data.synthetic import make_demo_dataset
+from vlcofit.experiment import load_experiment
+from vlcofit.data.synthetic.demo import make_demo_dataset
 from vlcofit.errors import InputError
-from vlcofit.trackers import hyperparameters, store_uri
-from vlcofit.train import train
+from vlcofit.train.trackers import hyperparameters, store_uri
+from vlcofit.train.loop import train
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,15 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 from safetensors.torch import load_file
 
-import vlcofit.train as train_mod
-from vlcofit.cli import main
-from vlcofit.config import load_experiment
-from vlcofit.config import ModelConfig
-from vlcofit.data.synthetic import make_demo_dataset
+import vlcofit.train.loop as train_mod
+from vlcofit.cli.main import main
+from vlcofit.experiment import load_experiment
+from vlcofit.config.schema import ModelConfig
+from vlcofit.data.synthetic.demo import make_demo_dataset
 from vlcofit.errors import InputError
-from vlcofit.runs import evaluate_checkpoint
-from vlcofit.zeroshot import zero_shot
-from vlcofit.train import train
+from vlcofit.protocols.evaluate import evaluate_checkpoint
+from vlcofit.protocols.zeroshot import zero_shot
+from vlcofit.train.loop import train
 
 MODELS = {"open_clip": "tiny", "hf": "tiny_hf.json"}
 
@@ -216,8 +216,8 @@ def test_bf16_mixed_precision_on_cpu(demo_data, tmp_path, fresh_accelerate_state
 
 
 def test_demos_keep_their_own_run_folders_and_resume(tmp_path, monkeypatch, capsys):
-    import vlcofit.runs as runs
-    from vlcofit.data.synthetic_ava import make_demo_ava
+    import vlcofit.cli.demos as runs
+    from vlcofit.data.synthetic.ava import make_demo_ava
     small = {"demo": lambda root: make_demo_dataset(root, per_class_train=2, per_class_val=1),
              "demo_ava": lambda root: make_demo_ava(root, num_train_videos=3, num_val_videos=2,
                                                      seconds=4)}

@@ -7,20 +7,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import vlcofit.train as train_mod
-from vlcofit.config import ModelConfig, TrainConfig, load_experiment
-from vlcofit.data.synthetic import make_demo_dataset
+import vlcofit.train.loop as train_mod
+from vlcofit.config.schema import ModelConfig, TrainConfig
+from vlcofit.experiment import load_experiment
+from vlcofit.data.synthetic.demo import make_demo_dataset
 from vlcofit.errors import InputError
 from vlcofit.models.video import build_model
-from vlcofit.optim import (
-    apply_freeze,
-    apply_l2sp,
-    attach_l2sp,
-    build_optimizer,
-    depth_of,
-    param_groups,
+from vlcofit.train.optim import (
+    apply_freeze, apply_l2sp, attach_l2sp, build_optimizer, depth_of, param_groups,
 )
-from vlcofit.train import train
+from vlcofit.train.loop import train
 
 MODELS = {"open_clip": "tiny", "hf": "tiny_hf.json"}
 # the same tensors of the same architecture under both backends' names
@@ -408,8 +404,9 @@ def test_weights_from_a_file_are_transferred(backbone, tmp_path):
 
 
 def test_loss_weight_scales_the_l2sp_step_too():
-    from vlcofit.config import ExperimentConfig
-    from vlcofit.train import _optimizer_step, make_accelerator
+    from vlcofit.config.schema import ExperimentConfig
+    from vlcofit.train.loop import _optimizer_step
+    from vlcofit.train.accelerator import make_accelerator
 
     lr, alpha = 0.01, 0.5
     cfg = TrainConfig(lr=lr, lr_new=lr, l2sp=alpha, weight_decay=0.0, clip_grad=None)

@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import vlcofit.train as train_mod
-from vlcofit.cli import main
-from vlcofit.config import load_experiment
-from vlcofit.data.synthetic import make_demo_dataset
-from vlcofit.train import train
+import vlcofit.train.loop as train_mod
+from vlcofit.cli.main import main
+from vlcofit.experiment import load_experiment
+from vlcofit.data.synthetic.demo import make_demo_dataset
+from vlcofit.train.loop import train
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vlcofit.data.transforms import TrainTransform, build_transform
-from vlcofit.models.backbones import Backbone
+from vlcofit.models.backbones.base import Backbone
 
 
 def _clip(t=4, h=48, w=64, seed=0):

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from vlcofit.data.synthetic import write_video
-from vlcofit.data.video import (PyAVReader, VideoError, backend_available, open_video,
-                                read_clip_at, read_frames)
+from vlcofit.data.synthetic.clips import write_video
+from vlcofit.data.video.pyav import PyAVReader
+from vlcofit.data.video.base import VideoError
+from vlcofit.data.video import backend_available, open_video, read_clip_at, read_frames
 from vlcofit.errors import InputError
 
 

@@ -6,13 +6,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from vlcofit.cli import main
-from vlcofit.config import ModelConfig
-from vlcofit.data.synthetic import make_demo_dataset
+from vlcofit.cli.main import main
+from vlcofit.config.schema import ModelConfig
+from vlcofit.data.synthetic.demo import make_demo_dataset
 from vlcofit.errors import InputError
-from vlcofit.prompts import read_templates
-from vlcofit.zeroshot import (K600_NOVEL, draw_class_subsets, parse_protocols, run_zero_shot,
-                              subset_metrics)
+from vlcofit.text.prompts import read_templates
+from vlcofit.protocols.zeroshot import (
+    K600_NOVEL, draw_class_subsets, parse_protocols, run_zero_shot, subset_metrics,
+)
 
 TINY = ModelConfig(name="tiny", temporal="mean")
 

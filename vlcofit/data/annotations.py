@@ -22,6 +22,7 @@ dataset always has some, and they are found (and skipped or counted) when read
 from __future__ import annotations
 
 import csv
+import dataclasses
 import difflib
 import json
 import logging
@@ -30,10 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..config import DatasetCard
+from ..config.schema import DatasetCard
 from ..errors import InputError, at
-from ..files import read_text
-from ..prompts import ClassList, canonical_name
+from ..text.hierarchy import read_hierarchy
+from ..text.prompts import ClassList, canonical_name
+from ..utils.files import read_text
 
 logger = logging.getLogger(__name__)
 
@@ -266,3 +268,14 @@ def read_records(card: DatasetCard, split: str,
                          f"{card.root}) has no videos")
     logger.info("dataset %s/%s: %d videos", card.name, split, len(records))
     return records
+
+
+def granular_records(card, split: str, classes: ClassList) -> list:
+    """The split's records labelled at the card's granularity (``classes``: its classes, from
+    :func:`vlcofit.experiment.read_card_classes`); the annotation names fine classes either
+    way."""
+    if card.granularity == "fine":
+        return read_records(card, split, classes)
+    h = read_hierarchy(card)
+    return [dataclasses.replace(r, label=h.fine_to_coarse[r.label])
+            for r in read_records(card, split, h.fine)]

@@ -30,12 +30,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..config import DatasetCard
+from ..config.schema import DatasetCard
 from ..errors import InputError, at
-from ..files import read_text
+from ..utils.files import read_text
 from .annotations import _annotation, _lines, header_rows
-from .classification import ClassificationDataset
-from .classification import collate as collate_clips
+from .classification import ClassificationDataset, collate as collate_clips
 
 logger = logging.getLogger(__name__)
 
@@ -234,6 +233,11 @@ class CaptionDataset(ClassificationDataset):
     Evaluation items add ``captions`` (tuple of str): all of them (each caption is a query).
     """
 
+
+    @staticmethod
+    def collate(batch):
+        """The loader's ``collate_fn`` for these items (:func:`collate`)."""
+        return collate(batch)
     def __init__(self, records: Sequence[CaptionRecord], card: DatasetCard,
                  transform: Callable[[torch.Tensor], torch.Tensor], train: bool,
                  seed: int = 0, **kwargs: Any) -> None:

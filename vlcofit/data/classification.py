@@ -15,12 +15,13 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from ..config import DatasetCard
+from ..config.schema import DatasetCard
 from ..errors import InputError, UnreadableVideosError
-from ..prompts import ClassList
+from ..text.prompts import ClassList
 from .annotations import VideoRecord, read_records
 from .sampling import SharedEpoch, sample_indices
-from .video import VideoError, check_backend, open_video
+from .video import check_backend, open_video
+from .video.base import VideoError
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,11 @@ class ClassificationDataset(Dataset):
     :func:`vlcofit.data.transforms.build_transform` do.
     """
 
+
+    @staticmethod
+    def collate(batch):
+        """The loader's ``collate_fn`` for these items (:func:`collate`)."""
+        return collate(batch)
     def __init__(self, records: Sequence[VideoRecord], card: DatasetCard,
                  transform: Callable[[torch.Tensor], torch.Tensor], train: bool, seed: int = 0,
                  backend: str | None = None, max_tries: int | None = None) -> None:

@@ -27,8 +27,10 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..distributed import BOOTSTRAP_HINT, check_not_bootstrapping
+from ..config.schema import DataConfig
 from ..errors import InputError
+from ..utils.distributed import BOOTSTRAP_HINT, check_not_bootstrapping
+from .sampling import EpochBatches
 
 IDLE = -1
 # Imported once by the fork server, not by every worker it starts: the main script (as
@@ -246,3 +248,17 @@ def stall_message(inner: Tracked, phase: str) -> str:
             f"(data.stall_timeout). {what}. A stack dump of a stuck process: "
             f"`py-spy dump --pid PID` (pip install py-spy), or rerun with "
             f"PYTHONFAULTHANDLER=1 and `kill -ABRT PID`; slow storage: raise data.stall_timeout")
+
+
+def build_loader(dataset, batch_size: int, train: bool, num_workers: int,
+                 stall_timeout: float = DataConfig.stall_timeout) -> DataLoader:
+    """Evaluation: the records in order, the last batch partial. Training: endless seeded epochs
+    (:class:`~vlcofit.data.sampling.EpochBatches`, one iterator for the whole run), seeded from
+    torch's initial seed (``train.seed``), as Accelerate's seedable sampler was. Workers are
+    fork-safe and a stall is an error (:mod:`vlcofit.data.loading`)."""
+    common = dict(num_workers=num_workers, stall_timeout=stall_timeout,
+                  collate_fn=dataset.collate)
+    if not train:
+        return make_loader(dataset, batch_size=batch_size, **common)
+    sampler = EpochBatches(len(dataset), batch_size, torch.random.initial_seed())
+    return make_loader(dataset, batch_sampler=sampler, **common)

@@ -3,7 +3,7 @@
 A card with ``task: localization`` and ``format: ava`` names each split's ground-truth CSV
 (``card.train`` / ``val`` / ``test``, relative to ``card.root``) and, under ``localization:``,
 where the media are, the person proposals, the excluded keyframes and thresholds (see
-:class:`vlcofit.config.LocalizationSpec`). Classes are the prompt file's ``id: name`` lines:
+:class:`vlcofit.config.loading.LocalizationSpec`). Classes are the prompt file's ``id: name`` lines:
 label column j is class index j (``ClassList.index_of(id)``), not the AVA id.
 
 Keyframes. Training: the ground-truth keyframes with at least one person box. Evaluation: every
@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, get_args
 
 import numpy as np
 import torch
@@ -43,19 +43,20 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.ops import box_iou
 
-from ..config import DatasetCard
+from ..config.schema import DatasetCard, Media
 from ..errors import InputError, UnreadableVideosError
-from ..prompts import ClassList
-from ..resources import find
+from ..text.prompts import ClassList
+from ..utils.resources import find
 from .ava_formats import (Key, KeyframeBoxes, format_timestamp, group_boxes, read_exclusions,
                           read_groundtruth, read_labelmap, read_proposals, validate_proposal_keys)
 from .box_transforms import build_box_transform
 from .sampling import SharedEpoch
-from .video import VideoError, check_backend, read_clip_at
+from .video import check_backend, read_clip_at
+from .video.base import VideoError
 
 logger = logging.getLogger(__name__)
 
-MEDIA = ("video", "frames")
+MEDIA = get_args(Media)
 _STEP = 7919  # a prime: substitutes for a bad training keyframe spread over the dataset
 _WHOLE_FRAME = np.array([[0.0, 0.0, 1.0, 1.0]], np.float32)
 
@@ -209,6 +210,11 @@ class LocalizationDataset(Dataset):
     Training randomness is a function of (seed, epoch, index): call ``set_epoch`` each epoch.
     """
 
+
+    @staticmethod
+    def collate(batch):
+        """The loader's ``collate_fn`` for these items (:func:`collate_boxes`)."""
+        return collate_boxes(batch)
     def __init__(self, card: DatasetCard, split: str, classes: ClassList, image_size: int,
                  train: bool, seed: int = 0,
                  backend: str | None = None, max_tries: int | None = None) -> None:

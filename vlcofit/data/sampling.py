@@ -14,11 +14,14 @@ that does not fit uses the largest stride that fits, down to TSN-like spreading 
 from __future__ import annotations
 
 import math
+from typing import get_args
 
 import numpy as np
 import torch
 
-SAMPLINGS = ("tsn", "dense")
+from ..config.schema import ClipSampling
+
+SAMPLINGS = get_args(ClipSampling)
 
 
 def _check(n: int, num_frames: int, num_clips: int) -> None:

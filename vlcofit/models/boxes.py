@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import get_args
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
+from ..config.schema import Temporal
 from .temporal import TemporalTransformer
 
 logger = logging.getLogger(__name__)
@@ -68,8 +70,8 @@ class BoxHead(nn.Module):
         super().__init__()
         if pool not in ("avg", "max"):
             raise ValueError(f"BoxHead pool must be 'avg' or 'max', got {pool!r}")
-        if temporal not in ("mean", "transformer"):
-            raise ValueError(f"BoxHead temporal must be 'mean' or 'transformer', got {temporal!r}")
+        if temporal not in get_args(Temporal):
+            raise ValueError(f"BoxHead temporal must be one of {get_args(Temporal)}, got {temporal!r}")
         if not 0.0 < prior < 1.0:
             raise ValueError(f"BoxHead prior must be in (0, 1), got {prior}")
         self.output_size = int(output_size)

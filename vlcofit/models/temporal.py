@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..config.schema import TEMPORAL_MAX_FRAMES
+
 
 class MeanPool(nn.Module):
     """Average over frames (TSN-style consensus)."""
@@ -25,7 +27,7 @@ class TemporalTransformer(nn.Module):
     direction of a drift over 8 frames we saw ~150-200 steps to learn it with 0.02, ~50 with 1.0).
     """
 
-    def __init__(self, dim: int, max_frames: int = 64, layers: int = 1, heads: int | None = None):
+    def __init__(self, dim: int, max_frames: int = TEMPORAL_MAX_FRAMES, layers: int = 1, heads: int | None = None):
         super().__init__()
         heads = heads or max(1, dim // 64)
         self.norm_in = nn.LayerNorm(dim)

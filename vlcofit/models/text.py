@@ -6,7 +6,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .backbones import Backbone
+from .backbones.base import Backbone
 
 
 def class_embeddings(backbone: Backbone, names: Sequence[str], templates: Sequence[str],

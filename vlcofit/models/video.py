@@ -13,10 +13,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import ModelConfig
-from ..strategy import evaluating
-from .backbones import Backbone, build_backbone
+from ..config.schema import ModelConfig
+from ..errors import InputError
+from .backbones.base import Backbone
+from .backbones.factory import build_backbone
+from .boxes import BoxHead
 from .notices import weights_follow
+from .prepared import evaluating
 from .temporal import build_temporal
 from .text import class_embeddings
 
@@ -68,7 +71,7 @@ class VideoCLIP(nn.Module):
         # Where each parameter's starting value came from, recorded where weights are loaded:
         # the backbone is the base model (``train.lr``) even when randomly initialised (tests,
         # training from scratch), but only weights read from a tag, file or folder (or from
-        # ``model.init_from``: :func:`vlcofit.checkpoint.load_matching`) are transferred (L2-SP).
+        # ``model.init_from``: :func:`vlcofit.run.checkpoint.load_matching`) are transferred (L2-SP).
         # A backbone may load only part of itself (a Hugging Face text encoder under a new
         # projection, which is then a new parameter): it says which (Backbone.loaded_...).
         fresh = backbone.random_head_names()
@@ -96,7 +99,6 @@ class VideoCLIP(nn.Module):
     def reinit_last(self, n: int) -> list[str]:
         """``model.reinit_last``: re-initialise the last ``n`` image-tower blocks (they become new
         parameters); returns their names."""
-        from ..errors import InputError
         if not self.image_tower_loaded():
             raise InputError(f"model.reinit_last={n}: the model has no pretrained start (random-init "
                              f"backbone, no model.pretrained / init_from): nothing to re-initialise from")
@@ -159,7 +161,7 @@ class VideoCLIP(nn.Module):
 
     def set_label_space(self, names: Sequence[str], templates: Sequence[Sequence[str]]) -> None:
         """Score label space ``names`` (``templates`` per row) from now on; the text head embeds
-        any names (a linear head is re-indexed by :func:`vlcofit.runmodel.relabel`)."""
+        any names (a linear head is re-indexed by :func:`vlcofit.run.model.relabel`)."""
         self.class_names = list(names)
         self.class_templates = [tuple(t) for t in templates]
         self._tokens = None
@@ -248,7 +250,6 @@ class VideoCLIP(nn.Module):
         if self.box_head is None:
             raise RuntimeError("this model has no box head (no localisation dataset in its config)")
         if token_map is None:
-            from ..errors import InputError
             raise InputError("model: this image tower gives no square patch-token map, which "
                              "localisation (box pooling) needs: use a ViT or CNN tower")
         if text is None:
@@ -264,7 +265,7 @@ class VideoCLIP(nn.Module):
         through ``forward`` (as DDP needs, to synchronise gradients).
 
         ``call`` instead of a video: return ``call(self)``, evaluation code run where a sharding
-        wrapper has gathered the parameters (:func:`vlcofit.strategy.inside`)."""
+        wrapper has gathered the parameters (:func:`vlcofit.train.accelerator.inside`)."""
         if call is not None:
             return call(self)
         emb, token_map = self.encode_video(video)
@@ -284,7 +285,6 @@ def build_model(cfg: ModelConfig, class_names: Sequence[str],
     if cfg.compile:
         compile_image_blocks(model)
     if with_boxes:
-        from .boxes import BoxHead
         model.box_head = BoxHead(model.backbone.width, model.backbone.embed_dim,
                                  temporal=cfg.box_temporal)
     model.clamp_logit_scales()  # e.g. OpenAI's stored 4.6052 > ln 100

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 
-from ..config import DatasetCard, TrainConfig
-from ..models.backbones import Backbone
-from ..prompts import ClassList
+from ..config.schema import DatasetCard, TrainConfig
+from ..models.backbones.base import Backbone
+from ..text.prompts import ClassList
 
 
 class Task(Protocol):
@@ -21,12 +21,11 @@ class Task(Protocol):
     # text (captions) — no prompt file, no templates, no label-space rows
     has_classes: bool
     metrics: tuple[str, ...]  # the metrics worth a plot (``<dataset>/<metric>``); first: headline
-    collate: Callable[[list[dict]], dict]
 
     def dataset(self, card: DatasetCard, split: str, classes: ClassList, backbone: Backbone,
                 train: bool, seed: int) -> Any:
         """The dataset of ``card``'s ``split``, preprocessed for ``backbone`` (``classes``: the
-        card's classes; empty when the task has none)."""
+        card's classes; empty when the task has none); its ``collate`` batches its items."""
 
     def used_parameters(self, model) -> set[str]:
         """Names of the parameters this task's loss gives gradients to (DDP must know)."""

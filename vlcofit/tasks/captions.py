@@ -12,17 +12,18 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..config import DatasetCard, TrainConfig
-from ..data.captions import CaptionDataset, collate, read_caption_records
-from ..models.backbones import Backbone
-from ..prompts import ClassList
+from ..config.schema import DatasetCard, TrainConfig
+from ..data.captions import CaptionDataset, read_caption_records
+from ..eval.retrieval import evaluate_retrieval
+from ..models.backbones.base import Backbone
+from ..models.losses import contrastive_loss
+from ..text.prompts import ClassList
 from .base import encoder_parameters
 from .classification import clip_transform
 
 
 class CaptionsTask:
     name = "captions"
-    collate = staticmethod(collate)
     uses_boxes = False
     single_label = False
     has_classes = False
@@ -40,7 +41,6 @@ class CaptionsTask:
                               clip_transform(card, backbone, train), train=train, seed=seed)
 
     def loss(self, model, batch: dict, rows: torch.Tensor, t: TrainConfig) -> torch.Tensor:
-        from ..losses import contrastive_loss
         captions = batch["caption"]
         video, text, scale, bias = model(batch["video"], head=lambda m, emb, tokens: (
             emb, encode_captions(m, captions), m.logit_scale.exp(),
@@ -50,7 +50,6 @@ class CaptionsTask:
     def evaluate(self, accelerator, model, loader, card: DatasetCard, rows: torch.Tensor,
                  classes: ClassList, split: str, out_dir: Path | None,
                  max_batches: int | None) -> dict[str, float]:
-        from ..eval_retrieval import evaluate_retrieval
         return evaluate_retrieval(accelerator, model, loader, card.name, card.root,
                                   out_dir=out_dir, max_batches=max_batches,
                                   protocol=card.retrieval_protocol)

@@ -6,19 +6,20 @@ from pathlib import Path
 
 import torch
 
-from ..config import DatasetCard, TrainConfig
-from ..data.classification import ClassificationDataset, collate
+from ..config.schema import DatasetCard, TrainConfig
+from ..data.annotations import granular_records
+from ..data.classification import ClassificationDataset
 from ..data.transforms import build_transform
-from ..evaluate import evaluate_classification
-from ..hierarchy import coarse_view, granular_records
-from ..models.backbones import Backbone
-from ..prompts import ClassList
+from ..eval.classification import evaluate_classification
+from ..models.backbones.base import Backbone
+from ..models.losses import label_loss
+from ..text.hierarchy import coarse_view
+from ..text.prompts import ClassList
 from .base import encoder_parameters, parameters_under
 
 
 class ClassificationTask:
     name = "classification"
-    collate = staticmethod(collate)
     uses_boxes = False
     single_label = True
     has_classes = True
@@ -38,7 +39,6 @@ class ClassificationTask:
                                      seed=seed)
 
     def loss(self, model, batch: dict, rows: torch.Tensor, t: TrainConfig) -> torch.Tensor:
-        from ..losses import label_loss
         logits, sigmoid = model(batch["video"], head=lambda m, emb, tokens: (
             m.classify(emb, rows), m.sigmoid))
         return label_loss(logits, batch["label"], sigmoid, t.label_smoothing)

@@ -8,9 +8,12 @@ from pathlib import Path
 
 import torch
 
-from ..config import DatasetCard, TrainConfig
-from ..models.backbones import Backbone
-from ..prompts import ClassList
+from ..config.schema import DatasetCard, TrainConfig
+from ..data.localization import LocalizationDataset, evaluation_labelmap, train_instance_counts
+from ..eval.localization import evaluate_localization
+from ..models.backbones.base import Backbone
+from ..models.losses import multilabel_loss
+from ..text.prompts import ClassList
 from .base import encoder_parameters, parameters_under
 
 
@@ -29,19 +32,12 @@ class LocalizationTask:
             image -= parameters_under(model, "temporal.")
         return image | text | parameters_under(model, "box_head.")
 
-    @staticmethod
-    def collate(batch):
-        from ..data.localization import collate_boxes
-        return collate_boxes(batch)
-
     def dataset(self, card: DatasetCard, split: str, classes: ClassList, backbone: Backbone,
                 train: bool, seed: int):
-        from ..data.localization import LocalizationDataset
         return LocalizationDataset(card, split, classes, backbone.image_size, train=train,
                                    seed=seed)
 
     def loss(self, model, batch: dict, rows: torch.Tensor, t: TrainConfig) -> torch.Tensor:
-        from ..losses import multilabel_loss
         boxes, box_batch = batch["boxes"], batch["box_batch"]
         logits = model(batch["video"], head=lambda m, emb, tokens: m.box_logits(
             tokens, boxes, box_batch, rows, context=emb))
@@ -50,8 +46,6 @@ class LocalizationTask:
     def evaluate(self, accelerator, model, loader, card: DatasetCard, rows: torch.Tensor,
                  classes: ClassList, split: str, out_dir: Path | None,
                  max_batches: int | None) -> dict[str, float]:
-        from ..data.localization import evaluation_labelmap
-        from ..eval_localization import evaluate_localization
         spec, root = card.localization, Path(card.root)
         labelmap = evaluation_labelmap(card, classes)
         exclusions = getattr(spec, f"exclusions_{split}", None)
@@ -66,5 +60,4 @@ class LocalizationTask:
 @lru_cache(maxsize=8)
 def _train_counts(card: DatasetCard, classes: ClassList):
     """Training instances per class, read once per run, not at every periodic evaluation."""
-    from ..data.localization import train_instance_counts
     return train_instance_counts(card, classes)

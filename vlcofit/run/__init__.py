@@ -1,0 +1,3 @@
+"""Run folders: checkpoints, the resume rules, the records (run.json, metrics.jsonl, curves) and
+a finished run's model rebuilt.
+"""
