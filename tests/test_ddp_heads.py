@@ -84,7 +84,7 @@ def test_two_processes_train_every_head(data, tmp_path, launch_two, name):
     out = tmp_path / "run"
     args = ["-m", "vlcofit", "train", CASES[name][0]]
     args += [a for s in _sets(data, name, out) for a in ("--set", s)]
-    launch_two(args + list(CASES).index(name), timeout=600)
+    launch_two(args, timeout=600)
     info = json.loads((out / "run.json").read_text())
     assert info["world_size"] == 2 and info["end_time"]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

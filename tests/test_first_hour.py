@@ -104,9 +104,9 @@ def test_a_missing_prompt_file_names_the_paths_it_tried(base, tmp_path, monkeypa
     assert "relative to the working directory" in err
 
 
-def test_readme_card_template_and_smallest_experiment_load(tmp_path, monkeypatch):
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Adding a dataset"):readme.index("## Localisation")]
+def test_docs_card_template_and_smallest_experiment_load(tmp_path, monkeypatch):
+    docs = (REPO / "docs" / "datasets.md").read_text()
+    section = docs[docs.index("# Adding a dataset"):]
     card_text, experiment_text = re.findall(r"```yaml\n(.*?)```", section, re.S)
     card = yaml.safe_load(card_text)
     assert "hflip" in card and "hflip" in section[section.index("Mind"):]

@@ -1,4 +1,4 @@
-"""The architecture holds: the import-linter contracts in pyproject.toml (each layer imports
+"""The architecture holds: the import-linter contracts in .importlinter (each layer imports
 only the layers below it; inference commands never import the training loop), no import circle
 anywhere, no internal import hidden inside a function, each choice list declared once (a
 ``Literal`` in vlcofit.config.schema) and the registries that implement a choice agreeing with

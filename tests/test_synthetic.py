@@ -10,7 +10,7 @@ import pytest
 from vlcofit.experiment import load_card, load_experiment
 from vlcofit.data.captions import read_caption_records
 from vlcofit.data.annotations import read_records
-from vlcofit.data.synthetic.clips import DEMO_CLASSES, _motion, draw_clip, render_clip, write_video
+from vlcofit.data.synthetic.clips import DEMO_CLASSES, trajectory, draw_clip, render_clip, write_video
 from vlcofit.data.synthetic.demo import make_demo_dataset
 from vlcofit.data.synthetic.target import TARGET_CLASSES, make_demo_target
 from vlcofit.data.video import open_video
@@ -98,12 +98,12 @@ def test_rotation_direction(label, sign):
     # screen y points down, so a growing angle (x = cos, y = sin) turns clockwise
     t = np.linspace(0, 1, 8)
     for seed in range(5):
-        cx, cy, radius, angle = _motion(label, np.random.default_rng(seed), 64, t)
+        cx, cy, radius, angle = trajectory(label, np.random.default_rng(seed), 64, t)
         assert np.all(sign * np.diff(angle) > np.deg2rad(7)) and np.ptp(cx) == 0
 
 
 # sha256 prefixes of the frames of the demo's train clips 0-7 (seed 0) and of one small clip,
-# computed with the renderer before render_clip was split into draw_clip + _paint: the README's
+# computed with the renderer before render_clip was split into draw_clip + paint: the README's
 # figures were measured on these videos, so any change to a draw or to the painting shows here
 FRAME_HASHES = {
     "moving left": "51ad19b852432589", "moving right": "e4e0edefd16c20cc",

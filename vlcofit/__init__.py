@@ -10,7 +10,7 @@ The Python API, in the order a notebook uses it (each name is imported on first 
     predictor = vlcofit.load_predictor("runs/api")   # score videos against any names
     rows = vlcofit.predict_videos(predictor, ["a.mp4"], labels="my_names.txt")
 
-The package's layers (README, "Architecture") are, from the bottom: ``errors``, ``utils``,
+The package's layers (docs/architecture.md) are, from the bottom: ``errors``, ``utils``,
 ``config``, ``text``, ``data``, ``metrics``, ``models``, ``eval``, ``tasks``, ``experiment``,
 ``run``, ``train``, ``protocols``, ``cli``; each imports only the layers below it.
 """

@@ -185,7 +185,7 @@ def _add_run_commands(sub) -> None:
     d.add_argument("which", nargs="?", default="classification",
                    choices=[*DEMOS, *SWEEP_DEMOS],
                    help="which built-in demo (default: classification); "
-                        f"{', '.join(SWEEP_DEMOS)} are 3-seed sweeps (README)")
+                        f"{', '.join(SWEEP_DEMOS)} are 3-seed sweeps (docs/)")
     d.add_argument("--out", default="runs/demo", help="folder for the data and the run")
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     d.add_argument("--keep", action="store_true", help="keep an existing demo run (resume it)")

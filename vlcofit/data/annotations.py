@@ -54,7 +54,7 @@ def _as_classes(classes: ClassList | Sequence[str]) -> ClassList:
     return classes if isinstance(classes, ClassList) else ClassList.from_names(list(classes))
 
 
-def _lines(path: Path) -> list[tuple[int, str]]:
+def text_lines(path: Path) -> list[tuple[int, str]]:
     """(1-based line number, stripped text) of the non-empty lines of a text file."""
     text = read_text(path, "annotation file")
     return [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
@@ -80,7 +80,7 @@ def _label(classes: ClassList, text: str, where: str) -> int:
     return index
 
 
-def _annotation(card: DatasetCard, split: str) -> Path:
+def annotation_file(card: DatasetCard, split: str) -> Path:
     path = Path(card.root) / card.split_file(split)
     if not path.exists():
         raise InputError(f"{path}: annotation file not found (dataset {card.name}, split {split}; "
@@ -96,9 +96,9 @@ def _csv_row(text: str) -> list[str]:
 
 def read_csv(card: DatasetCard, split: str, classes: ClassList) -> list[VideoRecord]:
     """``path,label`` lines, optional ``path,label`` header."""
-    path, root = _annotation(card, split), Path(card.root)
+    path, root = annotation_file(card, split), Path(card.root)
     records = []
-    for number, text in _lines(path):
+    for number, text in text_lines(path):
         row = _csv_row(text)
         if not records and number == 1 and [c.lower() for c in row] == ["path", "label"]:
             continue
@@ -111,9 +111,9 @@ def read_csv(card: DatasetCard, split: str, classes: ClassList) -> list[VideoRec
 
 def read_list(card: DatasetCard, split: str, classes: ClassList) -> list[VideoRecord]:
     """``path label`` lines (whitespace-separated; label = 0-based index or name)."""
-    path, root = _annotation(card, split), Path(card.root)
+    path, root = annotation_file(card, split), Path(card.root)
     records = []
-    for number, text in _lines(path):
+    for number, text in text_lines(path):
         where = at(path, number)
         row = text.split()
         if len(row) != 2:
@@ -162,8 +162,8 @@ def header_rows(path: Path, lines: list[tuple[int, str]], required: Sequence[str
 
 def read_kinetics(card: DatasetCard, split: str, classes: ClassList) -> list[VideoRecord]:
     """The official Kinetics CSV; video path = root / card.filename_pattern.format(**row)."""
-    path, root = _annotation(card, split), Path(card.root)
-    lines = _lines(path)
+    path, root = annotation_file(card, split), Path(card.root)
+    lines = text_lines(path)
     if not lines:
         return []
     records = []
@@ -189,9 +189,9 @@ def _filename(card: DatasetCard, fields: dict[str, Any], where: str) -> str:
 
 def read_ucf101(card: DatasetCard, split: str, classes: ClassList) -> list[VideoRecord]:
     """Official UCF101 lists: ``Class/video.avi [label]``; the class is the folder."""
-    path, root = _annotation(card, split), Path(card.root)
+    path, root = annotation_file(card, split), Path(card.root)
     records = []
-    for number, text in _lines(path):
+    for number, text in text_lines(path):
         where = at(path, number)
         row = text.split()
         if len(row) not in (1, 2) or "/" not in row[0]:
@@ -215,7 +215,7 @@ def read_hmdb51(card: DatasetCard, split: str, classes: ClassList) -> list[Video
     for path in files:
         class_name = re.sub(r"_test_split\d+$", "", path.stem)
         label = _label(classes, class_name, at(path))
-        for number, text in _lines(path):
+        for number, text in text_lines(path):
             row = text.split()
             if len(row) != 2 or row[1] not in ("0", "1", "2"):
                 raise InputError(f"{at(path, number)}: expected 'video.avi 0|1|2', got {text!r}")
@@ -227,7 +227,7 @@ def read_hmdb51(card: DatasetCard, split: str, classes: ClassList) -> list[Video
 
 def read_ssv2(card: DatasetCard, split: str, classes: ClassList) -> list[VideoRecord]:
     """Official Something-Something v2 JSON: class = ``template`` with brackets removed."""
-    path, root = _annotation(card, split), Path(card.root)
+    path, root = annotation_file(card, split), Path(card.root)
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:

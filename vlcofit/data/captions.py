@@ -33,7 +33,7 @@ import torch
 from ..config.schema import DatasetCard
 from ..errors import InputError, at
 from ..utils.files import read_text
-from .annotations import _annotation, _lines, header_rows
+from .annotations import annotation_file, header_rows, text_lines
 from .classification import ClassificationDataset, collate as collate_clips
 
 logger = logging.getLogger(__name__)
@@ -72,9 +72,9 @@ def _group(rows: Sequence[tuple[Path, str, str]]) -> list[CaptionRecord]:
 
 def read_caption_csv(card: DatasetCard, split: str) -> list[CaptionRecord]:
     """``path,caption`` lines, optional ``path,caption`` header."""
-    path, root = _annotation(card, split), Path(card.root)
+    path, root = annotation_file(card, split), Path(card.root)
     rows: list[tuple[Path, str, str]] = []
-    for number, text in _lines(path):
+    for number, text in text_lines(path):
         row = next(csv.reader([text]))  # cells unstripped: an unquoted ", " stays in the caption
         if not rows and [c.strip().lower() for c in row] == ["path", "caption"]:  # the header
             continue
@@ -143,7 +143,7 @@ def read_msrvtt(card: DatasetCard, split: str) -> list[CaptionRecord]:
     """MSR-VTT-style JSON / JSON Lines: ``{"video": path, "caption": text or [texts]}``; or the
     official ``videodatainfo.json``: the videos of ``split`` (val: the file's "validate"), each
     file ``filename_pattern`` filled with ``video_id`` (default ``{video_id}.mp4``)."""
-    path, root = _annotation(card, split), Path(card.root)
+    path, root = annotation_file(card, split), Path(card.root)
     rows: list[tuple[Path, str, str]] = []
     for where, entry in _json_entries(path):
         if not isinstance(entry, dict) or "video" not in entry or "caption" not in entry:
@@ -179,8 +179,8 @@ _WEBVID_COLUMNS = ("videoid", "name")
 
 def read_webvid(card: DatasetCard, split: str) -> list[CaptionRecord]:
     """The WebVid CSV (``videoid,contentUrl,duration,page_dir,name``): ``name`` is the caption."""
-    path, root = _annotation(card, split), Path(card.root)
-    lines = _lines(path)
+    path, root = annotation_file(card, split), Path(card.root)
+    lines = text_lines(path)
     if not lines:
         return []
     pattern = _webvid_pattern(card)

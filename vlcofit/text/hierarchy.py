@@ -21,7 +21,7 @@ import torch
 
 from ..errors import InputError, at
 from ..utils.resources import find
-from .prompts import ClassList, _read_lines, canonical_name, read_class_list
+from .prompts import ClassList, canonical_name, read_class_list, read_lines
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def _map_lines(path) -> list[tuple[int, str, str, bool]]:
     """(line number, fine name, coarse name, CSV form?) of every mapping line; a fine,coarse
     header skipped."""
     out = []
-    for number, text in _read_lines(path):
+    for number, text in read_lines(path):
         fine, coarse = _split(text, at(path, number))
         if number == 1 and (fine.lower(), coarse.lower()) == ("fine", "coarse"):
             continue

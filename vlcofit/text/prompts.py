@@ -48,7 +48,7 @@ def _loose_key(name: str) -> str:
     return canonical_name(name).replace(" ", "")
 
 
-def _read_lines(path: Path) -> list[tuple[int, str]]:
+def read_lines(path: Path) -> list[tuple[int, str]]:
     """(1-based line number, stripped text) of the file's lines, trailing empty lines dropped.
 
     Raises InputError for an unreadable, empty or non-UTF-8 file, or an empty line before the end.
@@ -190,7 +190,7 @@ def parse_class_lines(lines: list[tuple[int, str]], path: str | Path) -> ClassLi
 def read_class_list(name_or_path: str | Path) -> ClassList:
     """Read a prompt file: a shipped name (``"kinetics400"``) or a path."""
     path = find("prompts", name_or_path)
-    classes = parse_class_lines(_read_lines(path), path)
+    classes = parse_class_lines(read_lines(path), path)
     logger.debug("read %d classes from %s", len(classes), path)
     return classes
 
@@ -217,7 +217,7 @@ def read_templates(name_or_path: str | Path) -> tuple[str, ...]:
     path = find("templates", name_or_path)
     seen: dict[str, int] = {}
     templates: list[str] = []
-    for number, text in _read_lines(path):
+    for number, text in read_lines(path):
         templates.append(check_template(text, at(path, number)))
         if text in seen:
             raise InputError(f"{at(path, number)}: duplicate template (also on line {seen[text]})")
@@ -227,7 +227,7 @@ def read_templates(name_or_path: str | Path) -> tuple[str, ...]:
 
 def _split_names(path: Path) -> list[tuple[int, str]]:
     """(line number, class name) of a split file, plain or ``id,name`` CSV."""
-    lines = _read_lines(path)
+    lines = read_lines(path)
     if lines[0][1].replace(" ", "").lower() != _CSV_HEADER:
         return lines
     names = []

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..ava_formats import AvaTable, format_timestamp, write_groundtruth, write_labelmap_pbtxt
 # the classification demo's drawing and generation bookkeeping
-from .clips import SHAPES, _colours, _coverage, already_made, mark_made, write_video
+from .clips import SHAPES, already_made, draw_colours, mark_made, shape_coverage, write_video
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +127,8 @@ def _draw(image: np.ndarray, track: _Track, seconds: float, frame: int) -> tuple
     angle = track.angle + track.spin * elapsed
     cos, sin = np.cos(angle), np.sin(angle)
     u, v = (xs - cx) * cos + (ys - cy) * sin, -(xs - cx) * sin + (ys - cy) * cos
-    alpha = _coverage(track.shape, u, v, r)[..., None]
-    dot = _coverage("circle", u - 0.5 * r, v, 0.25 * r)[..., None]
+    alpha = shape_coverage(track.shape, u, v, r)[..., None]
+    dot = shape_coverage("circle", u - 0.5 * r, v, 0.25 * r)[..., None]
     colour = track.colour
     if track.blink >= 0 and (frame + track.blink) // 2 % 2:  # dim every other quarter second
         colour = colour * 0.4
@@ -151,7 +151,7 @@ def _mask_box(mask: np.ndarray, offset: tuple, width: int, height: int) -> np.nd
 def _render(tracks: list[_Track], rng: np.random.Generator, width: int, height: int, fps: int,
             seconds: int) -> tuple[np.ndarray, dict]:
     """Frames uint8 [T, H, W, 3] and {(track index, keyframe): normalised box [4]}."""
-    background, _ = _colours(rng)
+    background, _ = draw_colours(rng)
     texture = background + rng.normal(0, 6, size=(height, width, 3))
     frames = np.empty((seconds * fps, height, width, 3), np.uint8)
     boxes = {}

@@ -60,7 +60,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 8, gop: int | N
         container.mux(stream.encode())
 
 
-def _motion(label: str, rng: np.random.Generator, size: int, t: np.ndarray) -> tuple:
+def trajectory(label: str, rng: np.random.Generator, size: int, t: np.ndarray) -> tuple:
     """Per-frame centre x, y, radius and angle (radians) for class ``label``; ``t`` in [0, 1]."""
     ones = np.ones_like(t)
     angle = rng.uniform(0, 2 * np.pi) * ones
@@ -86,7 +86,7 @@ def _motion(label: str, rng: np.random.Generator, size: int, t: np.ndarray) -> t
     return across, along, radius, angle
 
 
-def _coverage(shape: str, u: np.ndarray, v: np.ndarray, r: float) -> np.ndarray:
+def shape_coverage(shape: str, u: np.ndarray, v: np.ndarray, r: float) -> np.ndarray:
     """Anti-aliased coverage in [0, 1] of ``shape`` (circumradius r) at shape-frame coords."""
     if shape == "circle":
         distance = np.sqrt(u * u + v * v) - r
@@ -98,7 +98,7 @@ def _coverage(shape: str, u: np.ndarray, v: np.ndarray, r: float) -> np.ndarray:
     return np.clip(0.5 - distance, 0.0, 1.0)
 
 
-def _colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def draw_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A dark grey background and a light grey shape: a tiny model trained from scratch then
     spends its few minutes on the motion, not on colour invariance."""
     return np.full(3, rng.uniform(0, 50)), np.full(3, rng.uniform(190, 255))
@@ -132,15 +132,15 @@ def draw_clip(label: str, rng: np.random.Generator, size: int = 64, num_frames: 
     demo's draws (and videos) are those of every earlier version."""
     if shape is None:
         shape = SHAPES[rng.integers(len(SHAPES))]
-    background, colour = _colours(rng)
+    background, colour = draw_colours(rng)
     texture = background + rng.normal(0, 6, size=(size, size, 3))  # static per video
-    cx, cy, radius, angle = _motion(label, rng, size, np.linspace(0, 1, num_frames))
+    cx, cy, radius, angle = trajectory(label, rng, size, np.linspace(0, 1, num_frames))
     params = ClipParams(label, shape, float(background[0]), float(colour[0]), cx, cy, radius,
                         angle, size)
-    return _paint(params, texture, colour, rng), params
+    return paint(params, texture, colour, rng), params
 
 
-def _paint(p: ClipParams, texture: np.ndarray, colour: np.ndarray,
+def paint(p: ClipParams, texture: np.ndarray, colour: np.ndarray,
            rng: np.random.Generator) -> np.ndarray:
     """The frames of ``p`` over ``texture``, with per-frame pixel noise (drawn last)."""
     size, num_frames = p.size, len(p.cx)
@@ -150,8 +150,8 @@ def _paint(p: ClipParams, texture: np.ndarray, colour: np.ndarray,
         dx, dy = xs - p.cx[k], ys - p.cy[k]
         cos, sin = np.cos(p.angle[k]), np.sin(p.angle[k])
         u, v = dx * cos + dy * sin, -dx * sin + dy * cos
-        alpha = _coverage(p.shape, u, v, p.radius[k])[..., None]
-        dot = _coverage("circle", u - 0.5 * p.radius[k], v, 0.22 * p.radius[k])[..., None]
+        alpha = shape_coverage(p.shape, u, v, p.radius[k])[..., None]
+        dot = shape_coverage("circle", u - 0.5 * p.radius[k], v, 0.22 * p.radius[k])[..., None]
         return alpha, dot
 
     for k in range(num_frames):

@@ -5,7 +5,7 @@ seen and unseen compositions for zero-shot on names never trained on.
 Every colour, shape and motion appears in the seen compositions; some combinations never do
 (:func:`unseen`): a model can only name an unseen clip by composing words it learned apart.
 Each unseen name is the only unseen one with its colour and shape, so against the unseen names
-alone shared words suffice (a random text tower does well too, README); scoring against all 48
+alone shared words suffice (a random text tower does well too, docs/zero-few-shot.md); scoring against all 48
 names (``compositional_all``) is the harder, generalised test.
 
 The clips use the demo's renderer (:mod:`vlcofit.data.synthetic.clips`: shape with an orientation
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .clips import SHAPES, ClipParams, _motion, _paint, already_made, mark_made, write_video
+from .clips import SHAPES, ClipParams, already_made, mark_made, paint, trajectory, write_video
 
 COLOURS = {"red": (215, 45, 40), "green": (45, 190, 70), "blue": (55, 95, 235),
            "yellow": (235, 205, 45)}
@@ -75,11 +75,11 @@ def render(colour: str, shape: str, motion: str, rng: np.random.Generator, size:
     """One clip: the demo's motion and renderer, the shape in ``colour``."""
     background = np.full(3, rng.uniform(0, 50))
     texture = background + rng.normal(0, 6, size=(size, size, 3))
-    cx, cy, radius, angle = _motion(motion, rng, size, np.linspace(0, 1, num_frames))
+    cx, cy, radius, angle = trajectory(motion, rng, size, np.linspace(0, 1, num_frames))
     rgb = np.array(COLOURS[colour], dtype=np.float64) + rng.uniform(-15, 15, size=3)
     params = ClipParams(name(colour, shape, motion), shape, float(background[0]),
                         float(rgb.mean()), cx, cy, radius, angle, size)
-    return _paint(params, texture, np.clip(rgb, 0, 255), rng)
+    return paint(params, texture, np.clip(rgb, 0, 255), rng)
 
 
 def _write_rows(root: Path, folder: str, combos, per_class: int, stream: list[int], size: int,

@@ -17,7 +17,7 @@ Why these classes: they sit at the three levels of what the source data teaches.
 So transfer from the four training arms (coarse, fine, captions, fine + captions) is expected to
 order by how much of the shape and direction each kept, and a frozen fine-label encoder is not
 already perfect on it. Both factors are hard for a tiny ViT (a shape spans about two of its 16 px
-patches; the README's demo learns direction slowest), so no arm is expected near 100 %.
+patches; the Quick start demo learns direction slowest), so no arm is expected near 100 %.
 The clips are drawn from other seeds than the demo's (``_STREAM``): no target clip is a demo clip.
 
 Layout under ``root``: as the demo (``train/``, ``val/``, ``{train,val}.csv``, captions CSVs of

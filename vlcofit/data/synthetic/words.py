@@ -7,7 +7,7 @@ trained on the labels need not (the held-out target task, :mod:`vlcofit.data.syn
 needs the shape). Each clip gets two captions worded differently (word order, synonyms), as
 caption datasets give several per video, so no single template's word order is what is learnt.
 
-Words are relative to the demo's own ranges (:func:`vlcofit.data.synthetic.clips._motion`): "small" /
+Words are relative to the demo's own ranges (:func:`vlcofit.data.synthetic.clips.trajectory`): "small" /
 "large" are the thirds of its radius range, "slowly" / "quickly" the halves of its distance,
 turn-speed and size-ratio ranges; every word is true of the pixels. Captions stay under the tiny
 CLIP's 32-token context (tested) so no word is cut off.

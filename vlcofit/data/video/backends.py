@@ -12,14 +12,14 @@ from typing import Sequence
 import torch
 
 from ...errors import InputError
-from .base import VideoError, VideoReader, _check_file, _check_indices
+from .base import VideoError, VideoReader, check_file, check_indices
 from .pyav import PyAVReader
 
 
 def _opened(reader: VideoReader, path: str | Path) -> Path:
     """The checks before a decoder opens ``path``; sets ``reader.path``."""
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     reader.path = str(path)
     return path
 
@@ -51,7 +51,7 @@ class TorchCodecReader(VideoReader):
         _check_frames(self)
 
     def read(self, indices: Sequence[int]) -> torch.Tensor:
-        indices = [min(i, self.num_frames - 1) for i in _check_indices(self.path, indices)]
+        indices = [min(i, self.num_frames - 1) for i in check_indices(self.path, indices)]
         try:
             return self._decoder.get_frames_at(indices=indices).data
         except (RuntimeError, ValueError, IndexError) as err:
@@ -76,7 +76,7 @@ class DecordReader(VideoReader):
     def read(self, indices: Sequence[int]) -> torch.Tensor:
         import decord
 
-        indices = [min(i, self.num_frames - 1) for i in _check_indices(self.path, indices)]
+        indices = [min(i, self.num_frames - 1) for i in check_indices(self.path, indices)]
         try:
             frames = self._reader.get_batch(indices).asnumpy()  # [T, H, W, 3]
         except (decord.DECORDError, RuntimeError) as err:
@@ -103,7 +103,7 @@ class PyTorchVideoReader(VideoReader):
             raise VideoError(path, f"cannot open ({err})") from None
 
     def read(self, indices: Sequence[int]) -> torch.Tensor:
-        indices = [min(i, self.num_frames - 1) for i in _check_indices(self.path, indices)]
+        indices = [min(i, self.num_frames - 1) for i in check_indices(self.path, indices)]
         first, last = min(indices), max(indices)
         try:
             clip = self._video.get_clip((first - 0.5) / self.fps, (last + 0.5) / self.fps)

@@ -46,14 +46,14 @@ class VideoReader:
         self.close()
 
 
-def _check_file(path: Path) -> None:
+def check_file(path: Path) -> None:
     if not path.is_file():
         raise VideoError(path, "no such file")
     if path.stat().st_size == 0:
         raise VideoError(path, "empty file (0 bytes)")
 
 
-def _check_indices(path: str, indices: Sequence[int]) -> list[int]:
+def check_indices(path: str, indices: Sequence[int]) -> list[int]:
     indices = [int(i) for i in indices]
     if not indices:
         raise ValueError(f"{path}: no frame indices requested")

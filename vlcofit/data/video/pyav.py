@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .base import VideoError, VideoReader, _check_file, _check_indices
+from .base import VideoError, VideoReader, check_file, check_indices
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class PyAVReader(VideoReader):
 
         self._av = av
         path = Path(path)
-        _check_file(path)
+        check_file(path)
         self.path = str(path)
         try:
             self._container = av.open(self.path)
@@ -83,7 +83,7 @@ class PyAVReader(VideoReader):
         return self._container.decode(self._stream)
 
     def read(self, indices: Sequence[int]) -> torch.Tensor:
-        indices = _check_indices(self.path, indices)
+        indices = check_indices(self.path, indices)
         try:
             frames = self._decode(sorted(set(indices)))
         except self._av.FFmpegError as err:

@@ -167,7 +167,7 @@ class Backbone(nn.Module):
         return set()
 
 
-def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
     """One quick TCP probe, so a machine without network fails in seconds, not minutes."""
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return False

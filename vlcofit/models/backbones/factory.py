@@ -10,7 +10,7 @@ from ...errors import InputError
 from ...utils import resources
 from ..notices import WeightsUnavailable
 from . import hf_text
-from .base import OPENAI_MEAN, OPENAI_STD, Backbone, _hub_reachable
+from .base import OPENAI_MEAN, OPENAI_STD, Backbone, hub_reachable
 from .hf_clip import build_hf
 from .model_json import check_open_clip_json, check_safetensors, read_model_json
 from .open_clip import OpenCLIPBackbone
@@ -31,7 +31,7 @@ def _check_open_clip_tag(arch: str, tag: str, cache_dir: str | None) -> None:
         for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
             if isinstance(try_to_load_from_cache(repo, filename, cache_dir=cache_dir), str):
                 return
-    if not _hub_reachable():
+    if not hub_reachable():
         raise WeightsUnavailable(
             f"model: weights for {arch}/{tag} ({repo or cfg.get('url')}) are not in the local cache "
             f"and huggingface.co cannot be reached. Download them on a machine with network and pass "
@@ -61,7 +61,7 @@ def _build_open_clip(cfg: ModelConfig) -> Backbone:
         _check_open_clip_tag(name, pretrained, cfg.cache_dir)
     elif pretrained and pretrained.endswith(".safetensors"):
         check_safetensors(Path(pretrained), "model.pretrained")
-    elif name.startswith("hf-hub:") and not _hub_reachable():
+    elif name.startswith("hf-hub:") and not hub_reachable():
         raise InputError(f"model.name: {name} needs huggingface.co, which cannot be reached; "
                          f"download the repo and use local-dir:/path/to/folder")
     try:

@@ -19,7 +19,7 @@ from ...config.schema import ModelConfig
 from ...errors import InputError
 from ...utils import resources
 from ..notices import WeightsUnavailable
-from .base import OPENAI_MEAN, OPENAI_STD, Backbone, TowerDepth, _hub_reachable
+from .base import OPENAI_MEAN, OPENAI_STD, Backbone, TowerDepth, hub_reachable
 from .model_json import check_hf_json, check_safetensors, read_model_json
 
 logger = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ def build_hf(cfg: ModelConfig) -> Backbone:
     local = Path(name).expanduser()
     if not local.is_dir() and (local.exists() or name.startswith((".", "/", "~"))):
         raise InputError(f"model.name: {name} is not a folder with a Hugging Face CLIP or SigLIP model")
-    if not local.is_dir() and not _hub_reachable():
+    if not local.is_dir() and not hub_reachable():
         raise WeightsUnavailable(
             f"model.name: {name} is not a local folder and huggingface.co cannot be reached. "
             f"Download it on a machine with network (huggingface-cli download {name} --local-dir DIR) "

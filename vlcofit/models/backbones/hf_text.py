@@ -29,7 +29,7 @@ import torch.nn as nn
 from ...config.schema import ModelConfig
 from ...errors import InputError
 from ..notices import expected_load_report
-from .base import OPENAI_MEAN, OPENAI_STD, TowerDepth, _hub_reachable
+from .base import OPENAI_MEAN, OPENAI_STD, TowerDepth, hub_reachable
 from .model_json import check_safetensors
 from .open_clip import OpenCLIPBackbone
 
@@ -100,7 +100,7 @@ def _hub_folder(repo: str, base: Path, field: str, cache_dir: str | None) -> Pat
                                       local_files_only=True))
     except Exception:  # noqa: BLE001 - any miss of the cache: try the network below
         pass
-    if not _hub_reachable():
+    if not hub_reachable():
         raise InputError(f"{field}: {repo!r} is no folder (in {base}), not in the Hugging Face "
                          f"cache, and huggingface.co cannot be reached (or HF_HUB_OFFLINE is set). "
                          f"Download it where there is network (huggingface-cli download {repo} "
