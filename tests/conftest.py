@@ -3,6 +3,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 # Must be set before huggingface_hub is imported: otherwise each missing hub file costs ~20 s.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -11,6 +12,24 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 import pytest
+
+
+@pytest.fixture(scope="session")
+def demo_videos(tmp_path_factory):
+    """``demo_videos(per_class_train, per_class_val)``: the built-in demo dataset at that size,
+    generated once per session and shared by every module that asks for it (8 classes, 64 px,
+    16-frame h264 clips). Shared: a test that changes its files copies the folder first."""
+    from vlcofit.data.synthetic.demo import make_demo_dataset
+
+    made: dict[tuple[int, int], Path] = {}
+
+    def get(per_class_train: int = 2, per_class_val: int = 1) -> Path:
+        key = (per_class_train, per_class_val)
+        if key not in made:
+            made[key] = make_demo_dataset(tmp_path_factory.mktemp(f"demo_{key[0]}x{key[1]}"),
+                                          per_class_train=key[0], per_class_val=key[1])
+        return made[key]
+    return get
 
 
 def free_port() -> int:

@@ -17,7 +17,6 @@ import torch
 from safetensors.torch import save_file
 
 from vlcofit.cli.main import main
-from vlcofit.data.synthetic.demo import make_demo_dataset
 
 
 class Evil:
@@ -176,8 +175,8 @@ def test_no_traceback_from_the_installed_command(tmp_path):
 # --------------------------------------------------------------------------- data and checkpoints
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return make_demo_dataset(tmp_path_factory.mktemp("data"), per_class_train=2, per_class_val=1)
+def data(demo_videos) -> Path:
+    return demo_videos(2, 1)
 
 
 QUICK = ("train.steps=1", "train.batch_size=2", "train.num_workers=0", "train.eval_every=0",

@@ -14,7 +14,6 @@ import pytest
 from test_bad_input import _sets, run_cli
 from test_text_towers import write_bert, write_json
 
-from vlcofit.data.synthetic.demo import make_demo_dataset
 
 CONFIGS = Path(__file__).parents[1] / "configs" / "models"
 QUICK = ("train.steps=1", "train.batch_size=2", "train.num_workers=0", "train.eval_every=0",
@@ -22,8 +21,8 @@ QUICK = ("train.steps=1", "train.batch_size=2", "train.num_workers=0", "train.ev
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return make_demo_dataset(tmp_path_factory.mktemp("data"), per_class_train=1, per_class_val=1)
+def data(demo_videos) -> Path:
+    return demo_videos(1, 1)
 
 
 @pytest.fixture(scope="module")

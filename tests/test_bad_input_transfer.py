@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 import vlcofit.protocols.sweep as sweep_mod
-from vlcofit.data.synthetic.demo import make_demo_dataset
 from test_bad_input import _sets, run_cli
 
 QUICK = ("train.steps=1", "train.batch_size=2", "train.num_workers=0", "train.eval_every=0",
@@ -17,8 +16,8 @@ QUICK = ("train.steps=1", "train.batch_size=2", "train.num_workers=0", "train.ev
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return make_demo_dataset(tmp_path_factory.mktemp("data"), per_class_train=1, per_class_val=1)
+def data(demo_videos) -> Path:
+    return demo_videos(1, 1)
 
 
 def _train(data: Path, run: Path, *items: str) -> list[str]:

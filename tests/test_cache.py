@@ -10,7 +10,6 @@ from accelerate import Accelerator
 
 from vlcofit.eval.cache import FeatureCache, cached_features, default_cache_dir, model_fingerprint
 from vlcofit.config.schema import ModelConfig
-from vlcofit.data.synthetic.demo import make_demo_dataset
 from vlcofit.experiment import build_dataset
 from vlcofit.text.prompts import read_class_list
 from vlcofit.protocols.zeroshot import load_scoring_model, manifest_card, run_zero_shot
@@ -19,9 +18,8 @@ TINY = ModelConfig(name="tiny", temporal="transformer")
 
 
 @pytest.fixture(scope="module")
-def demo_data(tmp_path_factory) -> Path:
-    return make_demo_dataset(tmp_path_factory.mktemp("cache_demo"), per_class_train=1,
-                             per_class_val=1)
+def demo_data(demo_videos) -> Path:
+    return demo_videos(1, 1)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from vlcofit.config.schema import DatasetCard
 from vlcofit.experiment import load_experiment
 from vlcofit.data.annotations import read_records
 from vlcofit.data.synthetic.clips import DEMO_CLASSES
-from vlcofit.data.synthetic.demo import make_demo_dataset
 from vlcofit.errors import InputError
 from vlcofit.eval.probe import PROBE_WEIGHT_DECAYS
 from vlcofit.protocols.fewshot import few_shot, kshot_indices, split_text
@@ -22,8 +21,8 @@ from vlcofit.eval.probe import choose_weight_decay, fit_linear_probe
 from vlcofit.text.prompts import ClassList, read_class_list
 
 @pytest.fixture(scope="module")
-def demo_data(tmp_path_factory) -> Path:
-    return make_demo_dataset(tmp_path_factory.mktemp("fs_demo"), per_class_train=4, per_class_val=2)
+def demo_data(demo_videos) -> Path:
+    return demo_videos(4, 2)
 
 
 def small_config(data: Path, out: Path, *extra: str):

@@ -16,7 +16,6 @@ from vlcofit.protocols.advise import (
 from vlcofit.eval.cache import FeatureCache
 from vlcofit.config.schema import TrainConfig
 from vlcofit.experiment import load_experiment
-from vlcofit.data.synthetic.demo import make_demo_dataset
 from vlcofit.errors import InputError
 from vlcofit.experiment import build_labels, build_video_model
 from vlcofit.eval.transferability import holdout_split, knn_accuracy, logme, logme_fit, subsample
@@ -124,9 +123,8 @@ def test_holdout_split_and_subsample_are_stratified_and_deterministic():
 # --------------------------------------------------------------------------- measure_fit
 
 @pytest.fixture(scope="module")
-def demo_data(tmp_path_factory) -> Path:
-    return make_demo_dataset(tmp_path_factory.mktemp("fit_demo"), per_class_train=4,
-                             per_class_val=1)
+def demo_data(demo_videos) -> Path:
+    return demo_videos(4, 1)
 
 
 def small_config(data: Path, out: Path, *extra: str):

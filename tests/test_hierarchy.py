@@ -8,7 +8,6 @@ import torch
 
 from vlcofit.config.schema import DatasetCard
 from vlcofit.experiment import load_experiment
-from vlcofit.data.synthetic.demo import make_demo_dataset
 from vlcofit.errors import InputError
 from vlcofit.experiment import build_labels
 from vlcofit.data.annotations import granular_records
@@ -75,8 +74,8 @@ def test_granularity_needs_a_map():
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_demo_dataset(tmp_path_factory.mktemp("h"), per_class_train=1, per_class_val=1)
+def data(demo_videos):
+    return demo_videos(1, 1)
 
 
 def _cfg(data, out, *extra):

@@ -18,7 +18,6 @@ import vlcofit.data.classification as classification
 from vlcofit.eval.cache import cached_features
 from vlcofit.experiment import load_experiment
 from vlcofit.data.loading import StallError, make_loader, watch, worker_context
-from vlcofit.data.synthetic.demo import make_demo_dataset
 from vlcofit.data.video import read_frames
 from vlcofit.experiment import build_dataset, build_labels, build_video_model
 from vlcofit.protocols.predict import load_predictor, predict_videos
@@ -29,9 +28,8 @@ pytestmark = pytest.mark.timeout(200)
 
 
 @pytest.fixture(scope="module")
-def demo_data(tmp_path_factory) -> Path:
-    return make_demo_dataset(tmp_path_factory.mktemp("loading_demo"), per_class_train=1,
-                             per_class_val=1)
+def demo_data(demo_videos) -> Path:
+    return demo_videos(1, 1)
 
 
 def _config(data: Path, out: Path, *extra: str):

@@ -14,7 +14,6 @@ import pytest
 from vlcofit.cli.main import main
 from vlcofit.experiment import load_experiment
 from vlcofit.config.loading import save_experiment
-from vlcofit.data.synthetic.demo import make_demo_dataset
 from vlcofit.errors import InputError
 from vlcofit.run.records import MetricsLog, finish_run_json, learning_curve_figure, read_metrics
 from vlcofit.train.loop import train
@@ -24,8 +23,8 @@ RECORDS = ("config.yaml", "run.json", "metrics.jsonl")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return make_demo_dataset(tmp_path_factory.mktemp("rec"), per_class_train=2, per_class_val=1)
+def data(demo_videos) -> Path:
+    return demo_videos(2, 1)
 
 
 def _config(tmp_path: Path, data: Path, out: str, *overrides: str):

@@ -7,15 +7,14 @@ import torch
 
 from vlcofit.cli.main import main
 from vlcofit.experiment import load_experiment
-from vlcofit.data.synthetic.demo import make_demo_dataset
 from vlcofit.errors import InputError
 from vlcofit.run.model import load_run_model
 from vlcofit.train.loop import train
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_demo_dataset(tmp_path_factory.mktemp("rm"), per_class_train=1, per_class_val=1)
+def data(demo_videos):
+    return demo_videos(1, 1)
 
 
 def _run(data, out, *extra):

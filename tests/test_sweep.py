@@ -7,7 +7,6 @@ import pytest
 import vlcofit.cli.transfer as cli_transfer
 import vlcofit.protocols.sweep as sweep_mod
 from vlcofit.cli.main import main
-from vlcofit.data.synthetic.demo import make_demo_dataset
 from vlcofit.errors import InputError
 from vlcofit.protocols.sweep import best_versus, folder_name, grid_settings, split_values, sweep
 
@@ -27,8 +26,8 @@ def test_grid_values_and_settings():
 
 
 @pytest.fixture(scope="module")
-def demo_data(tmp_path_factory) -> Path:
-    return make_demo_dataset(tmp_path_factory.mktemp("demo"), per_class_train=2, per_class_val=1)
+def demo_data(demo_videos) -> Path:
+    return demo_videos(2, 1)
 
 
 def _overrides(data: Path) -> list[str]:

@@ -7,15 +7,14 @@ import pytest
 import yaml
 
 from vlcofit.experiment import load_experiment
-from vlcofit.data.synthetic.demo import make_demo_dataset
 from vlcofit.errors import InputError
 from vlcofit.train.trackers import hyperparameters, store_uri
 from vlcofit.train.loop import train
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_demo_dataset(tmp_path_factory.mktemp("demo"), per_class_train=1, per_class_val=1)
+def data(demo_videos):
+    return demo_videos(1, 1)
 
 
 def _cfg(data, out, *extra):

@@ -22,9 +22,9 @@ MODELS = {"open_clip": "tiny", "hf": "tiny_hf.json"}
 
 
 @pytest.fixture(scope="session")
-def demo_data(tmp_path_factory) -> Path:
+def demo_data(demo_videos) -> Path:
     # 8 classes x (4 train + 2 val) tiny clips
-    return make_demo_dataset(tmp_path_factory.mktemp("demo"), per_class_train=4, per_class_val=2)
+    return demo_videos(4, 2)
 
 
 def small_config(data: Path, out: Path, backbone: str = "open_clip", *extra: str):

@@ -10,7 +10,6 @@ from safetensors.torch import load_file
 import vlcofit.train.loop as train_mod
 from vlcofit.config.schema import ModelConfig, TrainConfig
 from vlcofit.experiment import load_experiment
-from vlcofit.data.synthetic.demo import make_demo_dataset
 from vlcofit.errors import InputError
 from vlcofit.models.video import build_model
 from vlcofit.train.optim import (
@@ -282,8 +281,8 @@ def test_l2sp_needs_transferred_weights():
 # --------------------------------------------------------------------------- through train()
 
 @pytest.fixture(scope="module")
-def demo_data(tmp_path_factory) -> Path:
-    return make_demo_dataset(tmp_path_factory.mktemp("demo"), per_class_train=4, per_class_val=2)
+def demo_data(demo_videos) -> Path:
+    return demo_videos(4, 2)
 
 
 def small_config(data: Path, out: Path, *extra: str):

@@ -12,13 +12,12 @@ from safetensors.torch import load_file
 import vlcofit.train.loop as train_mod
 from vlcofit.cli.main import main
 from vlcofit.experiment import load_experiment
-from vlcofit.data.synthetic.demo import make_demo_dataset
 from vlcofit.train.loop import train
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return make_demo_dataset(tmp_path_factory.mktemp("tr"), per_class_train=2, per_class_val=1)
+def data(demo_videos) -> Path:
+    return demo_videos(2, 1)
 
 
 def _config(tmp_path: Path, data: Path, out: str, *overrides: str):

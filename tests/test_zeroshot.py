@@ -8,7 +8,6 @@ import torch.nn as nn
 
 from vlcofit.cli.main import main
 from vlcofit.config.schema import ModelConfig
-from vlcofit.data.synthetic.demo import make_demo_dataset
 from vlcofit.errors import InputError
 from vlcofit.text.prompts import read_templates
 from vlcofit.protocols.zeroshot import (
@@ -19,8 +18,8 @@ TINY = ModelConfig(name="tiny", temporal="mean")
 
 
 @pytest.fixture(scope="module")
-def demo_data(tmp_path_factory) -> Path:
-    return make_demo_dataset(tmp_path_factory.mktemp("zs_demo"), per_class_train=1, per_class_val=2)
+def demo_data(demo_videos) -> Path:
+    return demo_videos(1, 2)
 
 
 def test_half_class_draws_are_deterministic_for_a_seed():

@@ -81,7 +81,6 @@ def _clip(folder: Path) -> Path:
     """A generated 16-frame 64 px h264 clip."""
     import numpy as np
 
-
     frames = np.zeros((16, 64, 64, 3), np.uint8)
     for t in range(16):
         frames[t, 8:24, 4 * t:4 * t + 16] = 255  # a square moving right
@@ -142,7 +141,6 @@ def check_model(folder: Path) -> str:
 
 
 def _all_reduce(rank: int, port: int, out) -> None:
-
     import torch
     import torch.distributed as dist
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
@@ -154,7 +152,6 @@ def _all_reduce(rank: int, port: int, out) -> None:
 
 
 def check_gloo(folder: Path) -> str:
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -56,12 +56,14 @@ from ..config.schema import ExperimentConfig, TrainConfig
 from ..errors import InputError
 from ..eval.cache import FeatureCache
 from ..eval.transferability import KNN_K
-from ..experiment import build_labels, build_video_model
+from ..experiment import build_labels
 from ..experiment.fit import fit_datasets, measure_fit
 from ..models.prepared import for_inference
 from ..run import checkpoint
+from ..run.model import starting_model
 from ..train.accelerator import make_accelerator
 from ..train.optim import apply_freeze, depth_of, param_groups
+from ..utils.tables import text_table
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +164,6 @@ def _reinit(s: float, start: Start) -> Advice:
 
 
 def _freeze(b: str, start: Start, train: TrainConfig) -> Advice:
-
     keep = [f for f in train.freeze if not re.fullmatch(r"image:\d+", f)]  # the user's others
     n = start.image_layers // 4 if b == "high" and start.pretrained and start.image_layers else 0
     value = [f"image:{n}"] + keep if n else keep
@@ -207,21 +208,7 @@ def _yaml(value: Any) -> str:
 
 # --------------------------------------------------------------------------- the model
 
-def start_model(cfg: ExperimentConfig, labels):
-    """The model as training starts it (seed, build, ``model.init_from``), before
-    ``model.reinit_last`` and ``train.freeze``: the transferred weights are what is measured."""
-    from accelerate.utils import set_seed
-
-
-    set_seed(cfg.train.seed)
-    model = build_video_model(cfg, labels)
-    if cfg.model.init_from:
-        checkpoint.load_matching(model, checkpoint.resolve(cfg.model.init_from))
-    return model
-
-
 def start_of(model) -> Start:
-
     towers = model.backbone.tower_names()
     layers = model.backbone.num_layers("image") if "image" in towers else None
     declared = all(depth_of(model, n) is not None for n, p in model.named_parameters()
@@ -263,7 +250,8 @@ def advise(cfg: ExperimentConfig, out: Path, dataset_names: Sequence[str] | None
                          f"fit measures need a single-label classification dataset")
     accelerator = make_accelerator(cfg, None)
     labels = build_labels(cfg)
-    model = for_inference(accelerator, start_model(cfg, labels))
+    weights = checkpoint.resolve(cfg.model.init_from) if cfg.model.init_from else None
+    model = for_inference(accelerator, starting_model(cfg, labels, weights))
     base = accelerator.unwrap_model(model)
     cache = FeatureCache(cache_dir if cache_dir is not None else out / "features")
     measures = measure_fit(cfg, accelerator, model, labels, names, cache,
@@ -291,7 +279,8 @@ def format_advice(result: dict, config: str = "CONFIG", sets: Sequence[str] = ()
     rows.append(("fit score", f"{result['fit_score']:.3f} ({result['fit_band']}; {sources})"))
     recs = [("recommendation", "value", "why")] + [
         (r["key"], _yaml(r["value"]), r["why"]) for r in result["recommendations"]]
-    return "\n\n".join([_table(rows), _table(recs), train_command(config, sets, result["set"])])
+    return "\n\n".join([text_table(rows), text_table(recs),
+                        train_command(config, sets, result["set"])])
 
 
 def train_command(config: str, sets: Sequence[str], fragments: Sequence[str]) -> str:
@@ -303,9 +292,3 @@ def train_command(config: str, sets: Sequence[str], fragments: Sequence[str]) ->
     return "vlcofit train " + shlex.quote(config) + "".join(
         f" \\\n    --set {shlex.quote(f)}" for f in items)
 
-
-def _table(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)

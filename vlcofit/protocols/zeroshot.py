@@ -47,6 +47,7 @@ from ..text.prompts import (ClassList, read_class_list, read_class_subset, read_
 from ..train.accelerator import make_accelerator
 from ..utils.resources import find, list_resources
 from ..utils.stats import STD, mean_std
+from ..utils.tables import text_table
 
 logger = logging.getLogger(__name__)
 
@@ -383,8 +384,5 @@ def format_table(result: ZeroShotResult) -> str:
         lines.append((name, row["templates"], str(row.get("classes", "-")),
                       f"{videos:.0f}" if isinstance(videos, (int, float)) else videos,
                       _cell(row, "top1"), _cell(row, "top5")))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
-    text.insert(1, "  ".join("-" * w for w in widths))
     return (f"zero-shot: {result.dataset} ({result.info.get('split', '')}; ± = {STD})\n"
-            + "\n".join(text))
+            + text_table(lines))

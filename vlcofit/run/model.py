@@ -15,10 +15,11 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
+from accelerate.utils import set_seed
 
 from ..config.schema import ExperimentConfig, ModelConfig
 from ..errors import InputError
-from ..experiment import LabelSetup, build_labels, load_experiment
+from ..experiment import LabelSetup, build_labels, build_video_model, load_experiment
 from ..models.notices import WeightsUnavailable, weights_follow
 from ..models.video import VideoCLIP, build_model
 from ..tasks import task_of
@@ -186,3 +187,15 @@ def model_for_eval(cfg: ExperimentConfig, labels: LabelSetup, ckpt: str | Path,
     boxes = any(task_of(cfg.datasets[n]).uses_boxes for n in cfg.eval_datasets)
     return load_run_model(resolved, run_config, class_names=labels.space.names,
                           class_templates=labels.row_templates, needs_boxes=boxes).model
+
+
+def starting_model(cfg: ExperimentConfig, labels: LabelSetup,
+                   start: Path | None) -> VideoCLIP:
+    """The model as a run starts it: seeded by ``train.seed`` (the same initial weights on every
+    process), built over ``labels``, the starting checkpoint ``start`` (``model.init_from``'s)
+    loaded into the tensors it fits; before ``model.reinit_last`` and ``train.freeze``."""
+    set_seed(cfg.train.seed)
+    model = build_video_model(cfg, labels)
+    if start is not None:
+        checkpoint.load_matching(model, start)
+    return model

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from ..config.loading import save_experiment
@@ -20,13 +19,12 @@ from ..data import mixture
 from ..data.loading import build_loader, watch
 from ..errors import InputError
 from ..eval.cache import FeatureCache
-from ..experiment import (build_dataset, build_labels, build_video_model, eval_loaders,
-                          evaluate_datasets)
+from ..experiment import build_dataset, build_labels, eval_loaders, evaluate_datasets
 from ..experiment.fit import measure_fit
 from ..models.notices import weights_follow
 from ..models.prepared import inside
 from ..run import checkpoint
-from ..run.model import run_dir_of
+from ..run.model import run_dir_of, starting_model
 from ..run.records import (LossWindow, MetricsLog, finish_run_json, plot_learning_curves,
                            read_metrics, write_run_json)
 from ..run.resume import check_resume_config, record_start, start_weights
@@ -139,12 +137,9 @@ def _start_model(cfg: ExperimentConfig, labels, resumed_run: Path | bool):
     """The model at step 0 and the checkpoint it started from. The starting weights are loaded
     on resume too (the checkpoint then overwrites them): they decide which parameters are new,
     and are L2-SP's w0."""
-    set_seed(cfg.train.seed)  # same initial weights on every process
-    with weights_follow() if resumed_run else contextlib.nullcontext():  # the checkpoint's
-        model = build_video_model(cfg, labels)
     start = start_weights(cfg, resumed_run or None)
-    if start is not None:
-        checkpoint.load_matching(model, start)
+    with weights_follow() if resumed_run else contextlib.nullcontext():  # the checkpoint's
+        model = starting_model(cfg, labels, start)
     if cfg.model.reinit_last:
         model.reinit_last(cfg.model.reinit_last)
     apply_freeze(model, cfg.train.freeze)

@@ -92,7 +92,6 @@ class PyTorchVideoReader(VideoReader):
     def __init__(self, path: str | Path, threads: int = 0) -> None:
         from pytorchvideo.data.encoded_video import EncodedVideo
 
-
         path = Path(path)
         with PyAVReader(path) as meta:  # frame count and rate; also the readability check
             self.num_frames, self.fps = meta.num_frames, meta.fps
