@@ -51,7 +51,7 @@ run memory python bench/memory.py --models "open_clip:$big,$large_backbone:$larg
 # 8), resume from step 4 and compare steps 5-8 with the uninterrupted run, then evaluate and
 # predict on one process from the full model.safetensors alone
 data=$out/fsdp_data
-run fsdp_data python -c "from vlcofit.data.synthetic import make_demo_dataset; \
+run fsdp_data python -c "from vlcofit.data.synthetic.demo import make_demo_dataset; \
 make_demo_dataset('$data', per_class_train=2, per_class_val=1)"
 common=(--set "datasets.demo.root=$data" --set "output_dir=$out/fsdp_run" --set model.name=tiny
         --set train.steps=8 --set train.save_every=4 --set train.batch_size=4
