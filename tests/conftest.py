@@ -90,8 +90,8 @@ def run_group(cmd, env: dict, timeout: float) -> subprocess.CompletedProcess:
 # Fixtures and calls that make a test multiprocess / slow (pyproject.toml's markers): read from
 # each test's own source once at collection, so no test has to remember its marker.
 _MULTIPROCESS = ("launch_two", "run_group(", "accelerate.commands.launch", "subprocess.run(")
-_TRAINS = ("train(", '"train"', '"demo"', '"sweep"', '"compare"', '"few-shot"', "few_shot(",
-           "sweep(", "advise(", '"advise"')
+_TRAINS = ("train(", '["train"', '["demo"', '["sweep"', '["compare"', '["few-shot"', "few_shot(",
+           "sweep(", "advise(", '["advise"', '"vlcofit", "train"')
 
 
 def pytest_collection_modifyitems(items):
