@@ -1,6 +1,7 @@
-"""Config value checks, declared once: the range of every numeric field (``RANGES``) and the
-values of every choice field (``CHOICES``), and where a bad value came from (the YAML file and
-field, or the ``--set`` item that set it) for the error message."""
+"""Config value checks: the range of every numeric field (``RANGES``, declared once), the
+values of every choice field (read from its ``Literal`` in :mod:`vlcofit.config.schema`), the
+checks that need no model (mixtures, freeze specs), and where a bad value came from (the YAML
+file and field, or the ``--set`` item that set it) for the error message."""
 from __future__ import annotations
 
 import functools

@@ -5,9 +5,9 @@ overrides), training and evaluation settings. Unknown keys and values of the wro
 errors naming the file and field. ``--set a.b=v`` overrides any field (the value is parsed as
 YAML). The fully resolved config is written to each run folder and can be loaded again as is.
 
-The dataclasses live in :mod:`vlcofit.config.schema`; every numeric field's range and every choice
-field's values are declared once, in ``RANGES`` and ``CHOICES`` (:mod:`vlcofit.config.checks`),
-and checked as the config is read. Errors name where the bad value came from:
+The dataclasses live in :mod:`vlcofit.config.schema`; every choice field's values are declared
+once there (its ``Literal``), every numeric field's range once in ``RANGES``
+(:mod:`vlcofit.config.checks`), and both are checked as the config is read. Errors name where the bad value came from:
 the YAML file and the field, or the ``--set`` item that set it.
 """
 from __future__ import annotations
@@ -82,7 +82,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 def from_dict(cls: type, data: Any, where: str, source: Source | None = None,
               prefix: str = "", task_check: CardCheck | None = None) -> Any:
     """Build dataclass ``cls`` from a mapping; unknown keys, wrong types and values out of range
-    (RANGES, CHOICES) are InputErrors naming ``where`` (the file) and the field, or, through
+    (RANGES, the fields' Literals) are InputErrors naming ``where`` (the file) and the field, or, through
     ``source``, the ``--set`` item that set it. ``prefix``: the dotted key of ``data``."""
     source = source or file_source(where)
     section = prefix.rstrip(".")
@@ -223,7 +223,7 @@ def _read_datasets(value: Any, source: Source,
 
 
 def _check_experiment(cfg: ExperimentConfig, source: Source, overrides: Sequence[str] = ()) -> None:
-    """Experiment checks beyond RANGES and CHOICES: names that must exist, cross-field limits."""
+    """Experiment checks beyond ranges and choices: names that must exist, cross-field limits."""
     for key in ("train.datasets", "eval.datasets"):
         section, _ = key.split(".")
         for name in getattr(cfg, section).datasets:

@@ -1,6 +1,6 @@
 """The config dataclasses: what an experiment, a dataset card, a model, training and evaluation
-are made of (defaults and comments here; ranges and choices in :mod:`vlcofit.config.checks`;
-reading and writing YAML in :mod:`vlcofit.config.loading`)."""
+are made of (defaults, comments and every field's choices here; ranges and checks in
+:mod:`vlcofit.config.checks`; reading and writing YAML in :mod:`vlcofit.config.loading`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
